@@ -1,0 +1,148 @@
+"""Schemas of the core recipe sections: ``[model]``, ``[data]``, ``[train]``, ``[eval]``, ``[output]``.
+
+Each class is the documentation of its section: field name = key, type hint = accepted type,
+default = what an omitted key means.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ptrain.errors import RecipeError
+
+ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+ALPACA_TEMPLATE_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def check_template(template: str, key: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    """Raise a RecipeError unless ``template`` is a format string using exactly these placeholders."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        raise RecipeError(f"template {template!r} is not a valid format string ({err}); write literal braces as {{{{ }}}}", key=key) from None
+    for name in required:
+        if name not in names:
+            raise RecipeError(f"template {template!r} has no {{{name}}} placeholder; add one", key=key)
+    unknown = names - set(allowed)
+    if unknown:
+        raise RecipeError(
+            f"template {template!r} uses unknown placeholder(s) {', '.join(sorted(unknown))}; allowed: "
+            + ", ".join("{" + a + "}" for a in allowed),
+            key=key,
+        )
+
+
+@dataclass
+class ModelSection:
+    """``[model]``: what to train."""
+
+    name: str
+    """A hub ID (``HuggingFaceTB/SmolLM2-135M-Instruct``), a local directory, or ``builtin:tiny-llama``
+    / ``builtin:tiny-gpt2`` (tiny random-init models with their own bundled tokenizers)."""
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    """Load the tokenizer from elsewhere than ``name``."""
+
+
+@dataclass
+class DataSection:
+    """``[data]``: what to train and evaluate on."""
+
+    source: str
+    """A local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a hub dataset ID, or ``builtin:tasks``."""
+    format: Literal["auto", "prompt_completion", "alpaca", "dolly", "messages"] = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    """Rename source columns to the format's names, e.g. ``{ prompt = "question", completion = "answer" }``."""
+    split: str = "train"
+    """Split to read from a hub dataset."""
+    eval_source: str | None = None
+    """Separate evaluation file; otherwise ``eval_size`` rows are held out of ``source``."""
+    eval_size: int = 100
+    max_train: int | None = None
+    template: str | None = None
+    """Prompt template for rows with an input, with ``{instruction}`` and ``{input}``."""
+    template_no_input: str | None = None
+    """Prompt template for rows without an input, with ``{instruction}``."""
+    # builtin:tasks generator options
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic", "reverse", "uppercase"])
+    num_examples: int = 2000
+
+    def validate(self) -> None:
+        if self.eval_size < 0:
+            raise RecipeError("must be >= 0", key="eval_size")
+        if self.num_examples < 1:
+            raise RecipeError("must be >= 1", key="num_examples")
+        if self.template is not None:
+            check_template(self.template, "template", ("instruction", "input"), ("instruction", "input"))
+        if self.template_no_input is not None:
+            check_template(self.template_no_input, "template_no_input", ("instruction",), ("instruction",))
+
+
+@dataclass
+class TrainSection:
+    """``[train]``: optimisation settings shared by every trainer-building method."""
+
+    max_steps: int = -1
+    """Optimizer steps; -1 means train for ``epochs``."""
+    epochs: float = 1.0
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    eval_steps: int = 0
+    """Evaluate the loss every N steps during training; 0 turns it off."""
+    save_steps: int = 0
+    """Write a checkpoint every N steps; 0 turns it off."""
+    save_total_limit: int = 2
+    report_to: list[str] = field(default_factory=list)
+    """Loggers, e.g. ``["tensorboard"]``; event files land in the run directory."""
+    optim: str = "adamw_torch"
+
+    def validate(self) -> None:
+        for key in ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
+            if getattr(self, key) < 1:
+                raise RecipeError("must be >= 1", key=key)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise RecipeError("must be a positive number of steps, or -1 to train for `epochs`", key="max_steps")
+        if self.learning_rate <= 0:
+            raise RecipeError("must be > 0", key="learning_rate")
+        if not 0 <= self.warmup_ratio < 1:
+            raise RecipeError("must be in [0, 1)", key="warmup_ratio")
+
+
+@dataclass
+class EvalSection:
+    """``[eval]``: how the core measures the base and the trained model."""
+
+    base: bool = True
+    """Also evaluate the model before training, so improvement is visible."""
+    max_samples: int = 100
+    """Eval rows used for generation metrics (loss uses the whole eval split)."""
+    max_new_tokens: int = 64
+    metric: Literal["auto", "exact_match", "json_match", "contains"] = "auto"
+    """``auto``: each bundled task's own metric (JSON match for AVRO), exact match otherwise."""
+    batch_size: int = 16
+    show_samples: int = 5
+
+
+@dataclass
+class OutputSection:
+    """``[output]``: where and what to write."""
+
+    dir: str | None = None
+    """Run directory; default ``runs/<recipe name>``."""
+    overwrite: bool = False
+    save_model: bool = True
+    plots: bool = True

@@ -1,0 +1,225 @@
+"""Reading training data: local files, hub datasets and the bundled task generator.
+
+Every source is normalised to rows with ``instruction``, ``input``, ``output`` (the raw fields),
+``prompt`` and ``completion`` (the rendered text the trainer sees) and ``task``. Rows that cannot
+be used are reported by file and row number, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from ptrain.config import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT, DataSection
+from ptrain.errors import DataError
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "dolly": ("instruction", "response"),
+    "messages": ("messages",),
+}
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def read_rows(source: str, split: str = "train") -> list[tuple[str, dict[str, Any]]]:
+    """``[(where, row)]`` from a local file or a hub dataset; ``where`` is e.g. ``data.jsonl: line 7``."""
+    path = Path(source).expanduser()
+    if path.suffix in LOCAL_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise DataError(f"{source}: data file not found; check data.source")
+        return _read_local(path)
+    return _read_hub(source, split)
+
+
+def _read_local(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    rows: list[tuple[str, dict[str, Any]]] = []
+    try:
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}: line {number}: not valid JSON ({err.msg} at column {err.colno}); fix or remove the line") from None
+                    rows.append((f"{path}: line {number}", row))
+        elif path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+            if isinstance(data, dict) and isinstance(data.get("data"), list):
+                data = data["data"]
+            if not isinstance(data, list):
+                raise DataError(f"{path}: expected a JSON array of rows (or {{\"data\": [...]}}), got {type(data).__name__}")
+            rows = [(f"{path}: row {i}", row) for i, row in enumerate(data, 1)]
+        elif path.suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as handle:
+                reader = csv.DictReader(handle)
+                for row in reader:
+                    rows.append((f"{path}: line {reader.line_num}", dict(row)))
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            rows = [(f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist(), 1)]
+        else:
+            raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with named fields, got {type(row).__name__}")
+    if not rows:
+        raise DataError(f"{path}: no rows; the file is empty")
+    return rows
+
+
+def _read_hub(name: str, split: str) -> list[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as err:  # datasets raises many types for "not found" and "offline"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"data.source = {name!r}: cannot load it as a local file or hub dataset ({first}); "
+            "check the path, or download the dataset where the hub is reachable and point data.source at a local file"
+        ) from None
+    return [(f"{name}[{split}]: row {i}", row) for i, row in enumerate(dataset, 1)]
+
+
+def detect_format(columns: set[str], where: str) -> str:
+    if "messages" in columns:
+        return "messages"
+    if {"prompt", "completion"} <= columns:
+        return "prompt_completion"
+    if {"instruction", "output"} <= columns:
+        return "alpaca"
+    if {"instruction", "response"} <= columns:
+        return "dolly"
+    raise DataError(
+        f"{where}: cannot tell the data format from columns {sorted(columns)}; set data.format "
+        "(prompt_completion, alpaca, dolly, messages) and map your columns with data.columns, "
+        'e.g. columns = { prompt = "question", completion = "answer" }'
+    )
+
+
+def _text(row: dict[str, Any], key: str, where: str, required: bool) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip() and required):
+        if required:
+            raise DataError(f"{where}: missing or empty {key!r}; every row needs it (or drop the row)")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"{where}: {key!r} must be text, got {type(value).__name__}")
+    return str(value)
+
+
+def normalise(row: dict[str, Any], fmt: str, where: str, tokenizer: Any = None) -> dict[str, str]:
+    """One source row as ``task, instruction, input, output`` (+ ``chat_prompt`` for messages)."""
+    if fmt == "prompt_completion":
+        return {"instruction": _text(row, "prompt", where, True), "input": "", "output": _text(row, "completion", where, True)}
+    if fmt == "alpaca":
+        return {
+            "instruction": _text(row, "instruction", where, True),
+            "input": _text(row, "input", where, False),
+            "output": _text(row, "output", where, True),
+        }
+    if fmt == "dolly":
+        return {
+            "instruction": _text(row, "instruction", where, True),
+            "input": _text(row, "context", where, False),
+            "output": _text(row, "response", where, True),
+        }
+    messages = row.get("messages")
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise DataError(f"{where}: 'messages' must be a list of at least two {{role, content}} objects")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get("role") not in (
+            "system", "user", "assistant", "tool"
+        ):
+            raise DataError(f"{where}: messages[{i}] must be {{role: system|user|assistant|tool, content: text}}")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: the last message must be the assistant's answer to learn, got role {messages[-1]['role']!r}")
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{where}: chat 'messages' need a tokenizer with a chat template; set model.tokenizer to one that has it")
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    user = next((m["content"] for m in reversed(messages[:-1]) if m["role"] == "user"), "")
+    return {"instruction": user, "input": "", "output": messages[-1]["content"], "chat_prompt": prompt}
+
+
+def default_templates(fmt: str, section: DataSection) -> tuple[str, str]:
+    if fmt == "prompt_completion":
+        return section.template or "{instruction}\n{input}", section.template_no_input or "{instruction}"
+    return section.template or ALPACA_TEMPLATE, section.template_no_input or ALPACA_TEMPLATE_NO_INPUT
+
+
+def render_prompt(row: dict[str, str], template: str, template_no_input: str) -> str:
+    if row.get("chat_prompt"):
+        return row["chat_prompt"]
+    if row["input"]:
+        return template.format(instruction=row["instruction"], input=row["input"])
+    return template_no_input.format(instruction=row["instruction"])
+
+
+def load_rows(section: DataSection, seed: int, tokenizer: Any = None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Train and eval rows, normalised and rendered, as plain dicts."""
+    if section.source == "builtin:tasks":
+        from ptrain import tasks
+
+        train = tasks.generate(section.tasks, section.num_examples, seed)
+        evaluation = tasks.generate(section.tasks, section.eval_size, seed + 1, exclude={(r["task"], r["input"]) for r in train})
+        fmt = "alpaca"
+    else:
+        fmt, train = _load_source(section.source, section, tokenizer)
+        if section.eval_source:
+            _, evaluation = _load_source(section.eval_source, section, tokenizer)
+        else:
+            if section.eval_size >= len(train):
+                raise DataError(
+                    f"{section.source}: {len(train)} rows cannot spare data.eval_size = {section.eval_size} for evaluation; "
+                    "lower data.eval_size or give data.eval_source"
+                )
+            random.Random(seed).shuffle(train)
+            evaluation, train = train[: section.eval_size], train[section.eval_size :]
+    if section.max_train is not None:
+        train = train[: section.max_train]
+    template, template_no_input = default_templates(fmt, section)
+    for row in (*train, *evaluation):
+        row.setdefault("task", "")
+        row["prompt"] = render_prompt(row, template, template_no_input)
+        row["completion"] = row["output"]
+        row.pop("chat_prompt", None)
+    return train, evaluation
+
+
+def _load_source(source: str, section: DataSection, tokenizer: Any) -> tuple[str, list[dict[str, str]]]:
+    raw = read_rows(source, section.split)
+    mapping = {v: k for k, v in section.columns.items()}  # source column -> format column
+    renamed = [(where, {mapping.get(k, k): v for k, v in row.items()}) for where, row in raw]
+    missing = [v for v in section.columns.values() if v not in raw[0][1]]
+    if missing:
+        raise DataError(f"{raw[0][0]}: data.columns maps column(s) {missing} that the data does not have; columns: {sorted(raw[0][1])}")
+    fmt = section.format if section.format != "auto" else detect_format(set(renamed[0][1]), raw[0][0])
+    needed = FORMATS[fmt]
+    for where, row in renamed:
+        absent = [k for k in needed if k not in row]
+        if absent:
+            raise DataError(
+                f"{where}: format {fmt!r} needs column(s) {absent}; found {sorted(row)}; map yours with data.columns"
+            )
+    rows = [normalise(row, fmt, where, tokenizer) | {"task": str(row.get("task", ""))} for where, row in renamed]
+    return fmt, rows
+
+
+def to_dataset(rows: list[dict[str, str]]) -> Any:
+    import datasets
+
+    return datasets.Dataset.from_list(rows)
+

@@ -1,0 +1,180 @@
+"""Measuring a causal LM: completion loss, perplexity, greedy generation and task metrics.
+
+These functions are public API: methods such as quantization or distillation call them to
+measure their models exactly as the core measures the trained one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def exact_match(generation: str, reference: str) -> float:
+    return float(_normalise(generation) == _normalise(reference))
+
+
+def json_match(generation: str, reference: str) -> float:
+    """1.0 when the generation parses as JSON equal to the reference's JSON."""
+    try:
+        return float(json.loads(generation) == json.loads(reference))
+    except (json.JSONDecodeError, TypeError):
+        return 0.0
+
+
+def valid_json(generation: str, reference: str = "") -> float:
+    try:
+        json.loads(generation)
+    except (json.JSONDecodeError, TypeError):
+        return 0.0
+    return 1.0
+
+
+def contains(generation: str, reference: str) -> float:
+    return float(_normalise(reference) in _normalise(generation))
+
+
+METRICS: dict[str, Callable[[str, str], float]] = {
+    "exact_match": exact_match,
+    "json_match": json_match,
+    "contains": contains,
+}
+
+
+def metric_for(row: dict[str, Any], requested: str) -> str:
+    """The metric for a row: the recipe's choice, or with ``auto`` the task's own (exact match by default)."""
+    if requested != "auto":
+        return requested
+    from ptrain.tasks import TASKS
+
+    task = TASKS.get(row.get("task") or "")
+    return task.metric if task else "exact_match"
+
+
+def _device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+class _eval_mode:
+    def __init__(self, model: Any):
+        self.model = model
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.was_training = self.model.training
+        self.grad = torch.is_grad_enabled()
+        self.model.eval()
+        torch.set_grad_enabled(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        torch.set_grad_enabled(self.grad)
+        self.model.train(self.was_training)
+
+
+def completion_loss(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> float:
+    """Mean negative log-likelihood per completion token (EOS included), as the SFT trainer computes it."""
+    import torch
+
+    eos = tokenizer.eos_token or ""
+    sequences = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full_text = prompt + completion
+        full_ids = tokenizer(full_text if full_text.endswith(eos) else full_text + eos)["input_ids"][:max_length]
+        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b), min(len(prompt_ids), len(full_ids)))
+        sequences.append((full_ids, start))
+    total, count = 0.0, 0
+    device = _device(model)
+    with _eval_mode(model):
+        for i in range(0, len(sequences), batch_size):
+            batch = sequences[i : i + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (ids, start) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                labels[row, start : len(ids)] = torch.tensor(ids[start:])
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
+            shift_labels = labels[:, 1:].reshape(-1).to(device)
+            losses = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+            total += losses.item()
+            count += int((shift_labels != -100).sum())
+    return total / max(count, 1)
+
+
+@dataclass
+class Generations:
+    texts: list[str]
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16) -> Generations:
+    """Greedy completions of ``prompts`` (left-padded batches), stopping at EOS."""
+    import torch
+
+    texts: list[str] = []
+    new_tokens = 0
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = _device(model)
+    eos_ids = model.generation_config.eos_token_id
+    start = time.perf_counter()
+    try:
+        with _eval_mode(model):
+            for i in range(0, len(prompts), batch_size):
+                batch = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True).to(device)
+                output = model.generate(
+                    **batch,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos_ids if eos_ids is not None else tokenizer.eos_token_id,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+                generated = output[:, batch["input_ids"].shape[1] :]
+                stop = set(eos_ids if isinstance(eos_ids, list) else [eos_ids if eos_ids is not None else tokenizer.eos_token_id])
+                for row in generated.tolist():
+                    length = next((j + 1 for j, t in enumerate(row) if t in stop), len(row))
+                    new_tokens += length
+                    texts.append(tokenizer.decode(row[:length], skip_special_tokens=True).strip())
+    finally:
+        tokenizer.padding_side = side
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return Generations(texts, new_tokens, time.perf_counter() - start)
+
+
+def task_scores(rows: Sequence[dict[str, Any]], generations: Sequence[str], metric: str) -> list[float]:
+    return [METRICS[metric_for(row, metric)](gen, row["output"]) for row, gen in zip(rows, generations, strict=True)]
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")

@@ -1,0 +1,173 @@
+"""Model sources: hub IDs, local directories and the tiny ``builtin:`` models.
+
+The hub and local directories are the real user path. ``builtin:tiny-llama`` and
+``builtin:tiny-gpt2`` are random-init models of those architectures, each with its own bundled
+tokenizer (different vocabularies), so tests and offline demos need no download. They are
+materialised once into a cache directory and then loaded through ``from_pretrained`` like any
+other checkpoint, so every loading option (dtype, quantization) applies to them too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ptrain.config import ModelSection
+from ptrain.errors import UsageError
+
+log = logging.getLogger("ptrain")
+ASSETS = Path(__file__).parent / "assets"
+
+BUILTIN_MODELS: dict[str, dict[str, Any]] = {
+    "tiny-llama": {
+        "model_type": "llama",
+        "hidden_size": 128,
+        "intermediate_size": 352,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-5,
+    },
+    "tiny-gpt2": {
+        "model_type": "gpt2",
+        "n_embd": 128,
+        "n_layer": 4,
+        "n_head": 4,
+        "n_positions": 1024,
+    },
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PTRAIN_CACHE", Path.home() / ".cache" / "ptrain"))
+
+
+def builtin_checkpoint(name: str, seed: int) -> Path:
+    """Directory holding the random-init ``builtin:<name>`` model for ``seed``, created on first use."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ptrain.artifacts import atomic_dir
+
+    target = cache_dir() / "builtin" / f"{name}-seed{seed}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / name)
+    spec = dict(BUILTIN_MODELS[name])
+    config = AutoConfig.for_model(
+        spec.pop("model_type"),
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **spec,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_dtype(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def resolve_attention(requested: str) -> str | None:
+    """The attention implementation to ask transformers for, with a clear fallback for flash-attn."""
+    if requested == "auto":
+        return None
+    if requested == "flash_attention_2":
+        import torch
+
+        if not torch.cuda.is_available():
+            log.warning("model.attn_implementation = 'flash_attention_2' needs a CUDA GPU; none found, using 'sdpa'")
+            return "sdpa"
+        if importlib.util.find_spec("flash_attn") is None:
+            log.warning(
+                "model.attn_implementation = 'flash_attention_2' needs the flash-attn package "
+                "(pip install flash-attn); not installed, using 'sdpa'"
+            )
+            return "sdpa"
+    return requested
+
+
+def model_location(section: ModelSection, seed: int) -> str:
+    """Where ``from_pretrained`` should read the model: a directory or a hub ID."""
+    if section.name.startswith("builtin:"):
+        return str(builtin_checkpoint(section.name.removeprefix("builtin:"), seed))
+    return str(Path(section.name).expanduser()) if Path(section.name).expanduser().is_dir() else section.name
+
+
+def load_tokenizer(section: ModelSection, location: str) -> Any:
+    from transformers import AutoTokenizer
+
+    source = section.tokenizer or location
+    with _hub_errors(source, "model.tokenizer" if section.tokenizer else "model.name"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=section.revision, trust_remote_code=section.trust_remote_code
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(section: ModelSection, seed: int, extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` as the ``[model]`` section says; ``extra`` goes to ``from_pretrained``."""
+    from transformers import AutoModelForCausalLM
+
+    if section.trust_remote_code:
+        log.warning("model.trust_remote_code = true: code from %s will run on this machine", section.name)
+    location = model_location(section, seed)
+    tokenizer = load_tokenizer(section, location)
+    kwargs: dict[str, Any] = {
+        "revision": section.revision,
+        "dtype": resolve_dtype(section.dtype),
+        "trust_remote_code": section.trust_remote_code,
+        **(extra or {}),
+    }
+    attention = resolve_attention(section.attn_implementation)
+    if attention:
+        kwargs["attn_implementation"] = attention
+    with _hub_errors(section.name, "model.name"):
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+class _hub_errors:
+    """Turn download and lookup failures into one-line errors that say what to do."""
+
+    def __init__(self, name: str, key: str):
+        self.name, self.key = name, key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
+        if err is None or not isinstance(err, (OSError, ValueError)) or isinstance(err, UsageError):
+            return False
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(err).lower():
+            hint = (
+                "the Hugging Face Hub is not reachable from here; download the model where it is "
+                "(huggingface-cli download NAME --local-dir DIR) and set model.name to that directory, "
+                "or use builtin:tiny-llama / builtin:tiny-gpt2"
+            )
+        else:
+            hint = "check the hub ID or directory (a local directory needs config.json and weights)"
+        raise UsageError(f"{self.key} = {self.name!r}: cannot load ({text}); {hint}") from err

@@ -1,0 +1,295 @@
+"""One run of a recipe: the context handed to every hook, and the lifecycle the core owns."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ptrain import artifacts
+from ptrain.errors import UsageError
+from ptrain.recipe import Recipe
+
+log = logging.getLogger("ptrain")
+STAGES = ("base", "final")
+VERSIONED = ("ptrain", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers", "pluggy")
+
+
+class LoadedModel(NamedTuple):
+    """Result of ``load_model``."""
+
+    model: Any
+    tokenizer: Any
+
+
+class DataSplits(NamedTuple):
+    """Result of ``prepare_data``: ``datasets.Dataset`` objects."""
+
+    train: Any
+    eval: Any
+
+
+@dataclass
+class Run:
+    """Everything a hook may read or set during one run."""
+
+    recipe: Recipe
+    dir: Path
+    console: Any = None
+    model: Any = None
+    tokenizer: Any = None
+    train_dataset: Any = None
+    eval_dataset: Any = None
+    trainer: Any = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra ``from_pretrained`` keyword arguments, set by ``load_model`` wrappers before the core loads."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Name -> path of what export wrote (``model``, ``adapter``…); later exporters may skip what is there."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Scratch space shared between hooks; key by your method's name."""
+    resume: bool = False
+    is_main_process: bool = True
+
+    @property
+    def log(self) -> logging.Logger:
+        return log
+
+    def section(self, name: str) -> Any:
+        """The validated object of recipe section ``name``."""
+        return self.recipe.sections[name]
+
+    @property
+    def hook(self) -> Any:
+        return self.recipe.plugins.hook
+
+
+# ------------------------------------------------------------------ run directory
+
+
+def run_directory(recipe: Recipe, output_dir: str | None, overwrite: bool, resume: bool) -> Path:
+    target = Path(output_dir or recipe.output.dir or Path("runs") / recipe.name).expanduser()
+    if target.exists() and any(target.iterdir()):
+        if resume:
+            return target
+        if overwrite or recipe.output.overwrite:
+            shutil.rmtree(target)
+        else:
+            raise UsageError(
+                f"run directory {target} already exists; pass --overwrite to replace it, --resume to continue it, "
+                "or --output-dir to write elsewhere"
+            )
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def environment(seed: int) -> dict[str, Any]:
+    """Versions and machine facts saved as ``env.json``; never any secret."""
+    import importlib.metadata
+
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions,
+        "seed": seed,
+        "argv": [a for a in sys.argv],
+        "git_sha": _git_sha(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if "torch" in sys.modules:
+        import torch
+
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return info
+
+
+def _git_sha() -> str | None:
+    for where in (Path.cwd(), Path(__file__).resolve().parent):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
+
+
+def _attach_log_file(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    for name in ("ptrain", "transformers", "trl", "peft", "accelerate"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        if name == "ptrain":
+            logger.setLevel(logging.DEBUG)
+    return handler
+
+
+def _detach_log_file(handler: logging.Handler) -> None:
+    for name in ("ptrain", "transformers", "trl", "peft", "accelerate"):
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+def execute(
+    recipe: Recipe,
+    output_dir: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    console: Any = None,
+) -> Run:
+    """Run every stage of ``recipe`` and return the finished :class:`Run`."""
+    run_dir = run_directory(recipe, output_dir, overwrite, resume)
+    run = Run(recipe=recipe, dir=run_dir, console=console, resume=resume)
+    handler = _attach_log_file(run_dir / "run.log")
+    try:
+        _stages(run)
+    except BaseException:
+        log.exception("run failed")
+        raise
+    finally:
+        _detach_log_file(handler)
+    return run
+
+
+def _stages(run: Run) -> None:
+    import datasets
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_warning()
+    recipe = run.recipe
+    artifacts.write_text(run.dir / "recipe.resolved.toml", recipe.to_toml())
+    artifacts.write_json(run.dir / "env.json", environment(recipe.seed))
+    started = time.perf_counter()
+    set_seed(recipe.seed)
+
+    with _status(run, "loading model"):
+        loaded = run.hook.load_model(run=run)
+    run.model, run.tokenizer = loaded
+    with _status(run, "preparing data"):
+        splits = run.hook.prepare_data(run=run)
+    run.train_dataset, run.eval_dataset = splits
+    log.info("data: %d train rows, %d eval rows", len(run.train_dataset), len(run.eval_dataset))
+
+    if recipe.eval.base:
+        _evaluate(run, "base")
+
+    run.trainer = run.hook.build_trainer(run=run)
+    if run.trainer is not None:
+        _train(run)
+    else:
+        log.info("no method in %s builds a trainer: skipping training", recipe.methods)
+
+    _evaluate(run, "final")
+    run.metrics["run"] = {"wall_time_s": round(time.perf_counter() - started, 2), "methods": recipe.methods}
+    artifacts.write_json(run.dir / "metrics.json", run.metrics)
+    with _status(run, "exporting"):
+        written = [p for paths in run.hook.export(run=run) for p in (paths or [])]
+    run.metrics["artifacts"] = sorted({str(p) for p in written})
+    run.metrics["run"]["wall_time_s"] = round(time.perf_counter() - started, 2)
+    artifacts.write_json(run.dir / "metrics.json", run.metrics)
+
+
+class _status:
+    """A spinner on the console while a slow step runs."""
+
+    def __init__(self, run: Run, text: str):
+        self.run, self.text, self.status = run, text, None
+
+    def __enter__(self) -> None:
+        log.info("%s", self.text)
+        if self.run.console is not None and self.run.is_main_process:
+            self.status = self.run.console.status(self.text + "…")
+            self.status.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
+def _evaluate(run: Run, stage: str) -> None:
+    with _status(run, f"evaluating the {'base' if stage == 'base' else 'trained'} model"):
+        results = run.hook.evaluate(run=run, stage=stage)
+    merged: dict[str, Any] = {}
+    for result in reversed(results):  # core results first, methods' after
+        merged.update(result or {})
+    run.metrics[stage] = merged
+    artifacts.write_json(run.dir / "metrics.json", run.metrics)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def _train(run: Run) -> None:
+    from ptrain.training import progress_callback
+
+    trainer = run.trainer
+    if hasattr(trainer, "add_callback"):
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(progress_callback(run.console))
+    checkpoint = _latest_checkpoint(run.dir / "checkpoints") if run.resume else None
+    if run.resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", run.dir / "checkpoints")
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.perf_counter() - started
+    state = trainer.state
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+    run.metrics["train"] = {
+        "steps": state.global_step,
+        "train_loss": round(result.training_loss, 6) if result is not None else None,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+        "train_time_s": round(seconds, 2),
+        "tokens_seen": tokens,
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+    }
+    artifacts.write_json(run.dir / "log_history.json", state.log_history)
+    if run.recipe.output.plots:
+        from ptrain.plots import loss_curve
+
+        loss_curve(state.log_history, run.dir / "loss.png", title=run.recipe.name)
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None

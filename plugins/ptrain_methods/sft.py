@@ -1,0 +1,49 @@
+"""Supervised fine-tuning with TRL's SFTTrainer (loss on completions by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ptrain import Run, hookimpl
+
+
+@dataclass
+class SFTSection:
+    """``[sft]``: options of supervised fine-tuning (optimisation settings live in ``[train]``)."""
+
+    completion_only_loss: bool = True
+    """Learn only the completion; false also trains on the prompt tokens."""
+    packing: bool = False
+    """Pack several short examples into one sequence of ``train.max_length`` tokens."""
+
+
+@hookimpl
+def recipe_sections() -> dict[str, type]:
+    return {"sft": SFTSection}
+
+
+@hookimpl
+def build_trainer(run: Run) -> Any:
+    from ptrain.training import training_arguments
+    from trl import SFTConfig, SFTTrainer
+
+    section: SFTSection = run.section("sft")
+    args = training_arguments(
+        run,
+        SFTConfig,
+        completion_only_loss=section.completion_only_loss,
+        packing=section.packing,
+        max_length=run.recipe.train.max_length,
+        dataset_num_proc=None,
+    )
+    columns = ["prompt", "completion"]
+    train = run.train_dataset.select_columns(columns)
+    evaluation = run.eval_dataset.select_columns(columns) if run.recipe.train.eval_steps else None
+    return SFTTrainer(
+        model=run.model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=run.tokenizer,
+    )
