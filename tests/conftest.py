@@ -27,3 +27,25 @@ def write_recipe(tmp_path):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Builtin models are materialised once per test session, not in the user's cache."""
     monkeypatch.setenv("PTRAIN_CACHE", str(tmp_path_factory.getbasetemp() / "ptrain-cache"))
+
+
+@pytest.fixture
+def run_recipe(tmp_path):
+    """Run a recipe (a path or a dict) in-process through the CLI's code path; return the finished Run.
+
+    ``run_recipe(RECIPES / "sft_tiny.toml", "train.max_steps=50")`` or
+    ``run_recipe({"methods": ["sft"], "model": {...}, "data": {...}})``.
+    """
+    from ptrain.plugins import PluginRegistry
+    from ptrain.recipe import load_recipe, load_recipe_dict
+    from ptrain.run import execute
+
+    def run(recipe, *overrides: str, output_dir=None, extra_plugins=None, **kwargs):
+        registry = PluginRegistry.discover(extra=extra_plugins)
+        if isinstance(recipe, dict):
+            loaded = load_recipe_dict(recipe, registry=registry)
+        else:
+            loaded = load_recipe(recipe, overrides, registry=registry)
+        return execute(loaded, output_dir=str(output_dir or tmp_path / "run"), **kwargs)
+
+    return run
