@@ -9,12 +9,11 @@ holds the offending key.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ptrain import schema
 from ptrain.config import DataSection, EvalSection, ModelSection, OutputSection, TrainSection
