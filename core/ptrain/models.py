@@ -137,6 +137,7 @@ def load_model(section: ModelSection, seed: int, extra: dict[str, Any] | None = 
         "revision": section.revision,
         "dtype": resolve_dtype(section.dtype),
         "trust_remote_code": section.trust_remote_code,
+        "use_safetensors": True,  # never unpickle weights (.bin files can run code)
         **(extra or {}),
     }
     attention = resolve_attention(section.attn_implementation)
@@ -168,6 +169,8 @@ class _hub_errors:
                 "(huggingface-cli download NAME --local-dir DIR) and set model.name to that directory, "
                 "or use builtin:tiny-llama / builtin:tiny-gpt2"
             )
+        elif "safetensors" in str(err).lower():
+            hint = "ptrain loads only safetensors weights; convert the .bin/.pt weights to model.safetensors first"
         else:
             hint = "check the hub ID or directory (a local directory needs config.json and weights)"
         raise UsageError(f"{self.key} = {self.name!r}: cannot load ({text}); {hint}") from err

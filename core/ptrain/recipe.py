@@ -17,7 +17,14 @@ from typing import Any
 import tomllib
 
 from ptrain import schema
-from ptrain.config import DataSection, EvalSection, ModelSection, OutputSection, TrainSection
+from ptrain.config import (
+    DataSection,
+    DistributedSection,
+    EvalSection,
+    ModelSection,
+    OutputSection,
+    TrainSection,
+)
 from ptrain.errors import RecipeError
 
 CORE_SECTIONS: dict[str, type] = {
@@ -26,6 +33,7 @@ CORE_SECTIONS: dict[str, type] = {
     "train": TrainSection,
     "eval": EvalSection,
     "output": OutputSection,
+    "distributed": DistributedSection,
 }
 TOP_LEVEL_KEYS = {"name": str, "description": str, "extends": str, "methods": list, "seed": int}
 SET_SOURCE = "--set"
@@ -65,6 +73,10 @@ class Recipe:
     @property
     def output(self) -> OutputSection:
         return self.sections["output"]
+
+    @property
+    def distributed(self) -> DistributedSection:
+        return self.sections["distributed"]
 
     def to_table(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in, ``extends`` flattened)."""
