@@ -204,7 +204,7 @@ def execute(
     try:
         _stages(run)
     except RunInterrupted as err:
-        log.warning("%s", err)
+        log.debug("%s", err)  # the CLI shows it
         raise
     except UsageError as err:
         log.error("%s", err)
