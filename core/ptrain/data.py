@@ -68,6 +68,10 @@ def _read_local(path: Path) -> list[tuple[str, dict[str, Any]]]:
                         raise DataError(f"{path}: line {number}: not valid JSON ({err.msg} at column {err.colno}); fix or remove the line") from None
                     except ValueError as err:  # e.g. an integer too long to convert
                         raise DataError(f"{path}: line {number}: unreadable value ({err}); fix or remove the line") from None
+                    except RecursionError:
+                        raise DataError(f"{path}: line {number}: nested too deeply to read; fix or remove the line") from None
+                    if not isinstance(row, dict):  # report problems in file order
+                        raise DataError(f"{path}: line {number}: expected an object with named fields, got {type(row).__name__}")
                     rows.append((f"{path}: line {number}", row))
         elif path.suffix == ".json":
             try:

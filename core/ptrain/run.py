@@ -207,7 +207,7 @@ def execute(
         log.debug("%s", err)  # the CLI shows it
         raise
     except UsageError as err:
-        log.error("%s", err)
+        log.debug("%s", err)  # the CLI shows it
         if created and not run.state.get("core.training_started"):
             if handler is not None:
                 _detach_log_file(handler)
