@@ -163,14 +163,14 @@ class _hub_errors:
         if err is None or not isinstance(err, (OSError, ValueError)) or isinstance(err, UsageError):
             return False
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(err).lower():
+        if "safetensors" in str(err).lower():
+            hint = "ptrain loads only safetensors weights (pickled .bin/.pt files can run code); convert them to model.safetensors first"
+        elif os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(err).lower():
             hint = (
                 "the Hugging Face Hub is not reachable from here; download the model where it is "
                 "(huggingface-cli download NAME --local-dir DIR) and set model.name to that directory, "
                 "or use builtin:tiny-llama / builtin:tiny-gpt2"
             )
-        elif "safetensors" in str(err).lower():
-            hint = "ptrain loads only safetensors weights; convert the .bin/.pt weights to model.safetensors first"
         else:
             hint = "check the hub ID or directory (a local directory needs config.json and weights)"
         raise UsageError(f"{self.key} = {self.name!r}: cannot load ({text}); {hint}") from err

@@ -24,15 +24,15 @@ name = "builtin:tiny-llama"
 [data]
 source = "builtin:tasks"
 tasks = ["reverse"]
-num_examples = 300
+num_examples = 120
 eval_size = 8
 [train]
-max_steps = 12
+max_steps = 9
 batch_size = 4
 learning_rate = 3e-3
 max_length = 48
 logging_steps = 1
-save_steps = 4
+save_steps = 3
 save_total_limit = 5
 [eval]
 base = false
@@ -106,31 +106,31 @@ def test_ctrl_c_checkpoints_and_a_killed_run_resumes_to_the_same_losses(write_re
 
     # 1. Ctrl-C (SIGINT) after the first checkpoint: a checkpoint of the current step, a clean exit 130
     first = _start(recipe, out, "--set", f"description=pasted {TOKEN} by mistake")
-    _wait_for_checkpoint(first, out, 4)
+    _wait_for_checkpoint(first, out, 3)
     first.send_signal(signal.SIGINT)
     output, _ = first.communicate(timeout=300)
     assert first.returncode == 130, output[-3000:]
     assert "interrupted: SIGINT: stopped at step" in output and "--resume" in output and "Traceback" not in output
     stopped = _latest_checkpoint(out / "checkpoints")
-    assert stopped is not None and int(stopped.name.split("-")[1]) >= 4
+    assert stopped is not None and int(stopped.name.split("-")[1]) >= 3
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
 
     # 2. Resume, then SIGKILL (no chance to clean up) after the next regular checkpoint
     second = _start(recipe, out, "--resume")
-    _wait_for_checkpoint(second, out, 8)
+    _wait_for_checkpoint(second, out, 6)
     second.send_signal(signal.SIGKILL)
     second.communicate(timeout=60)
     assert second.returncode == -signal.SIGKILL
 
     # 3. Resume again to the end, and compare with a run never interrupted
     resumed = run_recipe(recipe, output_dir=out, resume=True)
-    assert resumed.metrics["train"]["resumed_from"].endswith("checkpoint-8")
+    assert resumed.metrics["train"]["resumed_from"].endswith("checkpoint-6")
     alone = run_recipe(recipe, output_dir=tmp_path / "alone")
     losses, reference = _losses(out), _losses(tmp_path / "alone")
-    assert sorted(losses) == sorted(reference) == list(range(1, 13))
+    assert sorted(losses) == sorted(reference) == list(range(1, 10))
     for step in reference:
         assert losses[step] == pytest.approx(reference[step], rel=1e-4), step
-    assert reference[12] < reference[1]  # it did learn something
+    assert reference[9] < reference[1]  # it did learn something
     assert resumed.metrics["final"]["eval_loss"] == pytest.approx(alone.metrics["final"]["eval_loss"], rel=1e-4)
 
     # no secret reached any file of the run (the env var, nor the one pasted into --set)
