@@ -165,8 +165,14 @@ def print_results(metrics: dict[str, Any]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--show", is_flag=True, help="Print the resolved recipe.")
 def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
-    """Check RECIPE as `run` would, without loading anything heavy."""
+    """Check RECIPE as `run` would, without loading anything heavy (local data files are parsed)."""
     loaded = _load(recipe, overrides)
+    from ptrain.data import check_local_files
+
+    try:
+        check_local_files(loaded.data)
+    except UsageError as err:
+        fail_usage(err)
     if show:
         console.print(loaded.to_toml(), markup=False, highlight=False)
     console.print(f"[green]ok[/]: {escape(recipe)} (methods: {escape(', '.join(loaded.methods))})")

@@ -198,6 +198,7 @@ def execute(
         run_dir, created = target, False
     else:
         created = not (resume and target.is_dir() and any(target.iterdir()))
+        existed = target.is_dir()
         run_dir = run_directory(recipe, output_dir, overwrite, resume)
     run = Run(recipe=recipe, dir=run_dir, console=console, resume=resume, is_main_process=main)
     handler = _attach_log_file(run_dir / "run.log") if main else None
@@ -212,7 +213,7 @@ def execute(
             if handler is not None:
                 _detach_log_file(handler)
                 handler = None
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_run_directory(run_dir, keep_folder=existed)
         raise
     except BaseException:
         log.exception("run failed")
@@ -221,6 +222,18 @@ def execute(
         if handler is not None:
             _detach_log_file(handler)
     return run
+
+
+def _remove_run_directory(run_dir: Path, keep_folder: bool) -> None:
+    """Undo a run directory that holds nothing worth keeping; a folder the user made stays, empty."""
+    if not keep_folder:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

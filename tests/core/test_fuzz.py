@@ -166,7 +166,10 @@ def run_on_data(folder: Path, source: str, content: bytes, progress: bool = Fals
     recipe.write_text(tomli_w.dumps({**BASE, "data": {"source": str(data), "eval_size": 1}}))
     out = folder / "run"
     result = invoke("run", str(recipe), "--output-dir", str(out))
-    return check_outcome(result, allow_ok=False, progress=progress), out
+    line = check_outcome(result, allow_ok=False, progress=progress)
+    if not progress:  # a broken file is found by `validate` too, with the same message
+        assert check_outcome(invoke("validate", str(recipe)), allow_ok=False) == line
+    return line, out
 
 
 @FUZZ
