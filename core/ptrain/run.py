@@ -10,11 +10,10 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
-
-import tomllib
 
 from ptrain import artifacts
 from ptrain.errors import RunInterrupted, UsageError

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from ptrain.config import DataSection
 from ptrain.data import load_rows
 from ptrain.errors import DataError
@@ -94,8 +95,9 @@ def test_unknown_columns_explain_mapping(tmp_path):
 
 
 def test_messages_need_a_final_assistant_turn(tmp_path):
-    from ptrain.models import ASSETS
     from transformers import AutoTokenizer
+
+    from ptrain.models import ASSETS
 
     tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from ptrain.cli import cli, launch_command
 
 HERE = Path(__file__).parent
@@ -56,10 +57,11 @@ def test_distributed_section_is_validated(write_recipe, section, message):
 
 
 def test_distributed_section_maps_onto_training_arguments(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
     from ptrain.recipe import load_recipe_dict
     from ptrain.run import Run
     from ptrain.training import training_arguments
-    from transformers import TrainingArguments
 
     recipe = load_recipe_dict({
         "methods": ["sft"], "model": {"name": "builtin:tiny-llama"}, "data": {"source": "builtin:tasks"},

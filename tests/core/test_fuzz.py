@@ -14,6 +14,7 @@ import tomli_w
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from ptrain.cli import cli
 
 BASE = {

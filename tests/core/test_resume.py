@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from ptrain.cli import cli
 from ptrain.recipe import load_recipe
 from ptrain.run import _latest_checkpoint

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ptrain.errors import UsageError
 from ptrain.redact import RedactingFilter, redact_argv, redact_toml
 
@@ -64,9 +65,10 @@ def test_trust_remote_code_is_off_unless_set_and_warns_when_set(builtin_dir, cap
 
 def test_only_safetensors_weights_are_loaded(builtin_dir, tmp_path):
     import torch
+    from safetensors.torch import load_file
+
     from ptrain.config import ModelSection
     from ptrain.models import load_model
-    from safetensors.torch import load_file
 
     pickled = tmp_path / "pickled"
     shutil.copytree(builtin_dir, pickled)
