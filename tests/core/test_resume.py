@@ -60,6 +60,10 @@ def test_resume_refuses_a_recipe_that_changed_in_a_way_that_matters(write_recipe
     assert "train.learning_rate (0.003 -> 0.5)" in message and "data.tasks" in message
     assert "eval.max_samples" not in message  # evaluation settings may change between sessions
     assert sorted(p.name for p in out.iterdir()) == before  # nothing touched
+    # output.resume = true in the recipe behaves as --resume
+    again = CliRunner().invoke(cli, ["run", str(path), "--output-dir", str(out), "--set", "output.resume=true",
+                                     "--set", "train.learning_rate=0.5"])
+    assert again.exit_code == 2 and "train.learning_rate (0.003 -> 0.5)" in again.stderr
 
 
 def test_harmless_changes_are_allowed_on_resume():
