@@ -90,7 +90,8 @@ def run(
     except UsageError as err:
         fail_usage(err)
     except RunInterrupted as err:
-        err_console.print(f"[bold yellow]interrupted:[/] {escape(str(err))}", soft_wrap=True)
+        if main_process:  # every rank stopped at the same step; one message says so
+            err_console.print(f"[bold yellow]interrupted:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
