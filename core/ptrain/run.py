@@ -108,7 +108,10 @@ def run_directory(recipe: Recipe, output_dir: str | None, overwrite: bool, resum
                 f"run directory {target} already exists; pass --overwrite to replace it, --resume to continue it, "
                 "or --output-dir to write elsewhere"
             )
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot create run directory {target} ({getattr(err, 'strerror', None) or err}); choose another --output-dir") from None
     return target
 
 

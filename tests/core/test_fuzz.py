@@ -231,3 +231,12 @@ def test_semantic_data_errors_after_loading_remove_the_new_run_directory(tmp_pat
     line, out = run_on_data(tmp_path, "train.jsonl", "\n".join(json.dumps(r) for r in rows).encode(), progress=True)
     assert "train.jsonl: line 5" in line and "completion" in line
     assert not out.exists()
+
+
+def test_a_run_directory_that_cannot_be_created_exits_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(tomli_w.dumps(BASE))
+    line = check_outcome(invoke("run", str(recipe), "--output-dir", str(blocker / "run")), allow_ok=False)
+    assert "cannot create run directory" in line and "a-file" in line
