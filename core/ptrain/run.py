@@ -131,6 +131,7 @@ def environment(seed: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "versions": versions,
         "seed": seed,
+        "world_size": _world_size(),
         "argv": redact_argv(sys.argv),
         "git_sha": _git_sha(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -140,6 +141,12 @@ def environment(seed: int) -> dict[str, Any]:
 
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return info
+
+
+def _world_size() -> int:
+    from ptrain.training import world_size
+
+    return world_size()
 
 
 def _git_sha() -> str | None:
@@ -268,6 +275,15 @@ def check_resumable(recipe: Recipe, target: Path) -> None:
         before = tomllib.loads(saved.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"{saved}: cannot read the recipe this run was started with ({err}); start again with --overwrite") from None
+    try:
+        before_world = json.loads((target / "env.json").read_text(encoding="utf-8")).get("world_size", 1)
+    except (OSError, ValueError, AttributeError):
+        before_world = None
+    if before_world not in (None, _world_size()):
+        log.warning(
+            "--resume: this run was started with %s processes and continues with %s; the global batch and the "
+            "data position change with it", before_world, _world_size(),
+        )
     after = tomllib.loads(redact_toml(recipe.to_toml()))
     changed = recipe_changes(before, after)
     if changed:
