@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from ptrain.errors import UsageError
+from ptrain.errors import RunInterrupted, UsageError
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -20,7 +23,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def fail_usage(err: UsageError) -> None:
-    err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
     sys.exit(EXIT_USAGE)
 
 
@@ -51,17 +54,34 @@ def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Run directory (default runs/<recipe name>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
-def run(recipe: str, overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool) -> None:
+@click.option(
+    "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Processes to train with on this machine (data parallel through torchrun; see docs/distributed.md).",
+)
+def run(
+    recipe: str, overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool, nproc: int
+) -> None:
     """Run RECIPE: load, train, evaluate and export as its methods say."""
     loaded = _load(recipe, overrides)
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        args = ["run", recipe, *[a for o in overrides for a in ("--set", o)]]
+        args += ["--output-dir", output_dir] if output_dir else []
+        args += ["--overwrite"] if overwrite else []
+        args += ["--resume"] if resume else []
+        sys.exit(launch(nproc, args))
+    from ptrain.run import process_rank
+
+    main_process = process_rank() == 0
+    if not main_process:  # other ranks train quietly; rank 0 speaks for the run
+        console.quiet = True
     from rich.logging import RichHandler
 
     handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
-    handler.setLevel(logging.INFO)
+    handler.setLevel(logging.INFO if main_process else logging.ERROR)
     logger = logging.getLogger("ptrain")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    console.print(f"[bold]ptrain run[/] {loaded.name}: methods {', '.join(loaded.methods)} on {loaded.model.name}")
+    console.print(f"[bold]ptrain run[/] {escape(loaded.name)}: methods {escape(', '.join(loaded.methods))} on {escape(loaded.model.name)}")
     from ptrain.run import execute
 
     result = None
@@ -69,17 +89,46 @@ def run(recipe: str, overrides: tuple[str, ...], output_dir: str | None, overwri
         result = execute(loaded, output_dir=output_dir, overwrite=overwrite, resume=resume, console=console)
     except UsageError as err:
         fail_usage(err)
+    except RunInterrupted as err:
+        if main_process:  # every rank stopped at the same step; one message says so
+            err_console.print(f"[bold yellow]interrupted:[/] {escape(str(err))}", soft_wrap=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         sys.exit(130)
     except Exception as err:  # a runtime failure: one line here, the traceback in the log
         where = output_dir or loaded.output.dir or f"runs/{loaded.name}"
-        err_console.print(f"[bold red]run failed:[/] {type(err).__name__}: {err}\nfull log: {where}/run.log", soft_wrap=True)
+        err_console.print(f"[bold red]run failed:[/] {type(err).__name__}: {escape(str(err))}\nfull log: {escape(str(where))}/run.log", soft_wrap=True)
         sys.exit(EXIT_FAILURE)
     finally:
         logger.removeHandler(handler)
+    if not main_process:
+        return
     print_results(result.metrics)
-    console.print(f"run directory: [bold]{result.dir}[/]")
+    console.print(f"run directory: [bold]{escape(str(result.dir))}[/]")
+
+
+def launch_command(nproc: int, args: list[str]) -> list[str]:
+    """The torchrun command that runs ``ptrain ARGS`` in ``nproc`` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "ptrain.cli", *args]
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run ``ptrain ARGS`` under torchrun and return its exit code.
+
+    Ctrl-C reaches the workers from the terminal; this process only waits for them to save and stop.
+    """
+    import signal
+
+    command = launch_command(nproc, args)
+    console.print(f"[bold]launching {nproc} processes:[/] {escape(' '.join(command[1:]))}", soft_wrap=True)
+    process = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return code if code >= 0 else 128 - code
 
 
 def _fmt(value: Any) -> str:
@@ -117,11 +166,17 @@ def print_results(metrics: dict[str, Any]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--show", is_flag=True, help="Print the resolved recipe.")
 def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
-    """Check RECIPE as `run` would, without loading anything heavy."""
+    """Check RECIPE as `run` would, without loading anything heavy (local data files are parsed)."""
     loaded = _load(recipe, overrides)
+    from ptrain.data import check_local_files
+
+    try:
+        check_local_files(loaded.data)
+    except UsageError as err:
+        fail_usage(err)
     if show:
         console.print(loaded.to_toml(), markup=False, highlight=False)
-    console.print(f"[green]ok[/]: {recipe} (methods: {', '.join(loaded.methods)})")
+    console.print(f"[green]ok[/]: {escape(recipe)} (methods: {escape(', '.join(loaded.methods))})")
 
 
 @cli.command(name="list")

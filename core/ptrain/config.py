@@ -6,9 +6,12 @@ default = what an omitted key means.
 
 from __future__ import annotations
 
+import difflib
+import json
 import string
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from ptrain.errors import RecipeError
 
@@ -149,3 +152,59 @@ class OutputSection:
     overwrite: bool = False
     save_model: bool = True
     plots: bool = True
+    resume: bool = False
+    """Continue from the latest checkpoint when the run directory has one, as ``--resume`` does."""
+
+
+FSDP_OPTIONS = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard", "hybrid_shard_zero2", "offload", "auto_wrap")
+FSDP_CONFIG_KEYS = (
+    "version", "min_num_params", "transformer_layer_cls_to_wrap", "auto_wrap_policy", "backward_prefetch",
+    "forward_prefetch", "limit_all_gathers", "use_orig_params", "sync_module_states", "cpu_ram_efficient_loading",
+    "activation_checkpointing", "cpu_offload", "state_dict_type", "reshard_after_forward",
+)
+
+
+@dataclass
+class DistributedSection:
+    """``[distributed]``: how several processes share training (``ptrain run --nproc N``, torchrun, accelerate).
+
+    Read only when the run has more than one process; a single process ignores it.
+    """
+
+    backend: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    """``ddp``: data parallel; ``fsdp``: fully sharded data parallel; ``deepspeed``: ZeRO via ``deepspeed``."""
+    ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Communication backend: ``auto`` is nccl on CUDA GPUs and gloo on CPU."""
+    find_unused_parameters: bool = False
+    fsdp: list[str] = field(default_factory=lambda: ["full_shard", "auto_wrap"])
+    """FSDP options (TrainingArguments ``fsdp``): full_shard, shard_grad_op, no_shard, hybrid_shard,
+    hybrid_shard_zero2, offload, auto_wrap."""
+    fsdp_config: dict[str, Any] = field(default_factory=dict)
+    """Passed through as TrainingArguments ``fsdp_config``; keys as in transformers (``fsdp_`` prefix optional)."""
+    deepspeed: str | None = None
+    """Path of a DeepSpeed JSON config (ZeRO stage, offload…); required with ``backend = "deepspeed"``."""
+
+    def validate(self) -> None:
+        for i, option in enumerate(self.fsdp):
+            if option not in FSDP_OPTIONS:
+                close = difflib.get_close_matches(option, FSDP_OPTIONS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise RecipeError(f"unknown FSDP option {option!r}{hint} (options: {', '.join(FSDP_OPTIONS)})", key=f"fsdp[{i}]")
+        for key in self.fsdp_config:
+            if key.removeprefix("fsdp_") not in FSDP_CONFIG_KEYS:
+                close = difflib.get_close_matches(key.removeprefix("fsdp_"), FSDP_CONFIG_KEYS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise RecipeError(f"unknown key{hint} (known: {', '.join(FSDP_CONFIG_KEYS)})", key=f"fsdp_config.{key}")
+        if self.backend == "deepspeed":
+            if not self.deepspeed:
+                raise RecipeError('backend = "deepspeed" needs deepspeed = "path/to/ds_config.json"', key="deepspeed")
+            path = Path(self.deepspeed).expanduser()
+            try:
+                config = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                reason = "not found" if isinstance(err, FileNotFoundError) else f"not readable JSON ({err})"
+                raise RecipeError(f"DeepSpeed config {self.deepspeed!r} is {reason}; give a JSON file", key="deepspeed") from None
+            if not isinstance(config, dict):
+                raise RecipeError(f"DeepSpeed config {self.deepspeed!r} must be a JSON object", key="deepspeed")
+        elif self.deepspeed:
+            raise RecipeError(f'set only with backend = "deepspeed" (backend is {self.backend!r})', key="deepspeed")

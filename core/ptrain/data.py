@@ -25,12 +25,31 @@ FORMATS: dict[str, tuple[str, ...]] = {
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
+def check_local_files(section: DataSection) -> None:
+    """Parse the local data files the recipe names, so that a broken file stops the run before a model loads."""
+    for source in (section.source, section.eval_source):
+        if source and not source.startswith("builtin:") and is_local(source):
+            read_rows(source, section.split)
+
+
+def is_local(source: str) -> bool:
+    try:
+        path = Path(source).expanduser()
+        return path.suffix in LOCAL_SUFFIXES or path.exists()
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, unknown ~user, names too long
+        return True
+
+
 def read_rows(source: str, split: str = "train") -> list[tuple[str, dict[str, Any]]]:
     """``[(where, row)]`` from a local file or a hub dataset; ``where`` is e.g. ``data.jsonl: line 7``."""
-    path = Path(source).expanduser()
-    if path.suffix in LOCAL_SUFFIXES or path.exists():
-        if not path.is_file():
-            raise DataError(f"{source}: data file not found; check data.source")
+    if is_local(source):
+        try:
+            path = Path(source).expanduser()
+            found = path.is_file()
+        except (OSError, ValueError, RuntimeError):
+            found = False
+        if not found:
+            raise DataError(f"{source!r}: data file not found; check data.source")
         return _read_local(path)
     return _read_hub(source, split)
 
@@ -47,12 +66,20 @@ def _read_local(path: Path) -> list[tuple[str, dict[str, Any]]]:
                         row = json.loads(line)
                     except json.JSONDecodeError as err:
                         raise DataError(f"{path}: line {number}: not valid JSON ({err.msg} at column {err.colno}); fix or remove the line") from None
+                    except ValueError as err:  # e.g. an integer too long to convert
+                        raise DataError(f"{path}: line {number}: unreadable value ({err}); fix or remove the line") from None
+                    except RecursionError:
+                        raise DataError(f"{path}: line {number}: nested too deeply to read; fix or remove the line") from None
+                    if not isinstance(row, dict):  # report problems in file order
+                        raise DataError(f"{path}: line {number}: expected an object with named fields, got {type(row).__name__}")
                     rows.append((f"{path}: line {number}", row))
         elif path.suffix == ".json":
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+            except ValueError as err:
+                raise DataError(f"{path}: unreadable value ({err})") from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):
@@ -61,17 +88,30 @@ def _read_local(path: Path) -> list[tuple[str, dict[str, Any]]]:
         elif path.suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as handle:
                 reader = csv.DictReader(handle)
-                for row in reader:
-                    rows.append((f"{path}: line {reader.line_num}", dict(row)))
+                try:
+                    for row in reader:
+                        where = f"{path}: line {reader.line_num}"
+                        if None in row:
+                            raise DataError(f"{where}: more fields than the header has columns; quote fields that contain commas")
+                        rows.append((where, dict(row)))
+                except csv.Error as err:
+                    raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({err})") from None
         elif path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            try:
+                table = pq.read_table(path)
+            except Exception as err:  # pyarrow raises its own types for every kind of broken file
+                raise DataError(f"{path}: not a readable parquet file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
             rows = [(f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist(), 1)]
         else:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to read") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     for where, row in rows:
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object with named fields, got {type(row).__name__}")

@@ -33,3 +33,7 @@ class DataError(UsageError):
 
 class PluginLoadError(UsageError):
     """A plugin named by the recipe failed to import."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint; the message says how to resume."""

@@ -195,6 +195,7 @@ def load_model(section: ModelSection, seed: int, extra: dict[str, Any] | None = 
         "revision": section.revision,
         "dtype": resolve_dtype(section.dtype),
         "trust_remote_code": section.trust_remote_code,
+        "use_safetensors": True,  # never unpickle weights (.bin files can run code)
         **(extra or {}),
     }
     attention = resolve_attention(section.attn_implementation)
@@ -220,7 +221,9 @@ class _hub_errors:
         if err is None or not isinstance(err, (OSError, ValueError)) or isinstance(err, UsageError):
             return False
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(err).lower():
+        if "safetensors" in str(err).lower():
+            hint = "ptrain loads only safetensors weights (pickled .bin/.pt files can run code); convert them to model.safetensors first"
+        elif os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(err).lower():
             hint = (
                 "the Hugging Face Hub is not reachable from here; download the model where it is "
                 "(huggingface-cli download NAME --local-dir DIR) and set model.name to that directory, "

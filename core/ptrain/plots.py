@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from ptrain.artifacts import write_bytes
 
 
 def loss_curve(log_history: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
@@ -28,6 +31,8 @@ def loss_curve(log_history: list[dict[str, Any]], path: Path, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    write_bytes(path, buffer.getvalue())  # never a half-written PNG
     return path

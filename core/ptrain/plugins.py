@@ -236,7 +236,9 @@ class MethodSet:
         return owners
 
     def trainer_builders(self) -> list[str]:
-        return [name for name in self.methods if "build_trainer" in self.hooks_of(name)]
+        """Methods that build the trainer; a ``build_trainer`` wrapper adapts it and does not count."""
+        wrappers = {i.plugin_name for i in self.pm.hook.build_trainer.get_hookimpls() if i.wrapper or i.hookwrapper}
+        return [name for name in self.methods if "build_trainer" in self.hooks_of(name) and name not in wrappers]
 
     def hooks_of(self, name: str) -> list[str]:
         plugin = self.pm.get_plugin(name)

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ptrain import schema
-from ptrain.config import DataSection, EvalSection, ModelSection, OutputSection, TrainSection
+from ptrain.config import (
+    DataSection,
+    DistributedSection,
+    EvalSection,
+    ModelSection,
+    OutputSection,
+    TrainSection,
+)
 from ptrain.errors import RecipeError, UsageError
 
 CORE_SECTIONS: dict[str, type] = {
@@ -25,6 +32,7 @@ CORE_SECTIONS: dict[str, type] = {
     "train": TrainSection,
     "eval": EvalSection,
     "output": OutputSection,
+    "distributed": DistributedSection,
 }
 TOP_LEVEL_KEYS = {"name": str, "description": str, "extends": str, "methods": list, "seed": int}
 SET_SOURCE = "--set"
@@ -64,6 +72,10 @@ class Recipe:
     @property
     def output(self) -> OutputSection:
         return self.sections["output"]
+
+    @property
+    def distributed(self) -> DistributedSection:
+        return self.sections["distributed"]
 
     def to_table(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in, ``extends`` flattened)."""
@@ -118,6 +130,10 @@ def _read_toml(path: Path, referrer: str | None) -> dict[str, Any]:
         raise RecipeError(f"not UTF-8 text ({err.reason} at byte {err.start})", source=str(path)) from None
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"invalid TOML: {err}", source=str(path)) from None
+    except ValueError as err:  # e.g. an integer with more digits than Python converts
+        raise RecipeError(f"invalid TOML: {str(err).splitlines()[0]}", source=str(path)) from None
+    except RecursionError:
+        raise RecipeError("invalid TOML: nested too deeply", source=str(path)) from None
 
 
 def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,7 +158,7 @@ def _load_chain(path: Path, provenance: _Provenance, seen: tuple[Path, ...] = ()
         provenance.record(table, _display(path))
         return table
     if not isinstance(parent, str):
-        raise RecipeError(f"expected a path string, got {parent!r}", source=_display(path), key="extends")
+        raise RecipeError(f"expected a path string, got {schema.show(parent)}", source=_display(path), key="extends")
     base = _load_chain(path.parent / parent, provenance, (*seen, path))
     provenance.record(table, _display(path))
     return deep_merge(base, table)
@@ -173,7 +189,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # not a TOML value (TOMLDecodeError is a ValueError)
         value = raw
     return parts, value
 
@@ -224,8 +240,11 @@ def validate_table(table: dict[str, Any], source: Any, *, path: Path | None, reg
     for key, expected in TOP_LEVEL_KEYS.items():
         if key in table and not isinstance(table[key], expected):
             raise RecipeError(
-                f"expected {schema.type_name(expected)}, got {table[key]!r}", source=source(key), key=key
+                f"expected {schema.type_name(expected)}, got {schema.show(table[key])}", source=source(key), key=key
             )
+    seed = table.get("seed", 42)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise RecipeError(f"expected an integer in [0, 2**32), got {schema.show(seed)}", source=source("seed"), key="seed")
     methods = table.get("methods")
     if methods is None:
         raise RecipeError(
@@ -234,7 +253,7 @@ def validate_table(table: dict[str, Any], source: Any, *, path: Path | None, reg
         )
     for i, method in enumerate(methods):
         if not isinstance(method, str):
-            raise RecipeError(f"expected a method name string, got {method!r}", source=source("methods"), key=f"methods[{i}]")
+            raise RecipeError(f"expected a method name string, got {schema.show(method)}", source=source("methods"), key=f"methods[{i}]")
     if len(set(methods)) != len(methods):
         dup = next(m for m in methods if methods.count(m) > 1)
         raise RecipeError(f"method {dup!r} is listed twice", source=source("methods"), key="methods")
@@ -262,7 +281,7 @@ def validate_table(table: dict[str, Any], source: Any, *, path: Path | None, reg
     for name, section_schema in {**CORE_SECTIONS, **{s: owners[s][1] for s in owners}}.items():
         value = table.get(name, {})
         if not isinstance(value, Mapping):
-            raise RecipeError(f"expected a table [{name}], got {value!r}", source=source(name), key=name)
+            raise RecipeError(f"expected a table [{name}], got {schema.show(value)}", source=source(name), key=name)
         if name in ("model", "data") and name not in table:
             raise RecipeError(f"missing section [{name}]; every recipe needs one", source=source(""), key=name)
         sections[name] = schema.build(section_schema, value, name, source)
@@ -274,6 +293,7 @@ def validate_table(table: dict[str, Any], source: Any, *, path: Path | None, reg
             source=source("methods"),
             key="methods",
         )
+    _check_name(table.get("name"), source)
     _check_paths(sections, source)
     name = table.get("name") or (path.stem if path else "run")
     return Recipe(
@@ -292,13 +312,42 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith((".jsonl", ".json", ".csv", ".parquet"))
 
 
+def _path_exists(value: str, directory: bool = False) -> bool:
+    try:
+        path = Path(value).expanduser()
+        return path.is_dir() if directory else path.exists()
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, an unknown ~user, a name too long
+        return False
+
+
+def _check_name(name: Any, source: Any) -> None:
+    """The name becomes the default run directory ``runs/<name>``: one plain path component."""
+    if not isinstance(name, str):
+        return
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
+        raise RecipeError(
+            f"{schema.show(name)} cannot name a run directory; use letters, digits, '-', '_' or '.' (no '/', no '..')",
+            source=source("name"),
+            key="name",
+        )
+
+
 def _check_paths(sections: dict[str, Any], source: Any) -> None:
     """Local files named by the recipe must exist: found now, not after loading a model."""
+    output: OutputSection = sections["output"]
+    if output.dir is not None:
+        try:
+            target = Path(output.dir).expanduser()
+            is_file = target.is_file()
+        except (OSError, ValueError, RuntimeError) as err:
+            raise RecipeError(f"{schema.show(output.dir)} is not a usable directory path ({err})", source=source("output.dir"), key="output.dir") from None
+        if not output.dir.strip() or is_file:
+            raise RecipeError(f"{schema.show(output.dir)} is not a directory path; name a directory", source=source("output.dir"), key="output.dir")
     data: DataSection = sections["data"]
     for key in ("source", "eval_source"):
         value = getattr(data, key)
         if value and not value.startswith("builtin:") and _looks_local(value):
-            if not Path(value).expanduser().exists():
+            if not _path_exists(value):
                 raise RecipeError(
                     f"data file {value!r} not found (relative paths are read from {Path.cwd()}); check the path",
                     source=source(f"data.{key}"),
@@ -334,7 +383,7 @@ def _check_paths(sections: dict[str, Any], source: Any) -> None:
             gguf_file(builtin)
         except UsageError as err:
             raise RecipeError(str(err), source=source("model.name"), key="model.name") from None
-    if _looks_local(model.name) and not Path(model.name).expanduser().is_dir():
+    if _looks_local(model.name) and not _path_exists(model.name, directory=True):
         raise RecipeError(
             f"model directory {model.name!r} not found; give an existing directory, a hub ID or builtin:tiny-llama",
             source=source("model.name"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -9,16 +10,23 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ptrain import artifacts
-from ptrain.errors import UsageError
+from ptrain.errors import RunInterrupted, UsageError
 from ptrain.recipe import Recipe
+from ptrain.redact import RedactingFilter, redact_argv, redact_toml
 
 log = logging.getLogger("ptrain")
 STAGES = ("base", "final")
+RESUME_IGNORES = (
+    "description", "eval", "output", "distributed",
+    "train.logging_steps", "train.eval_steps", "train.save_steps", "train.save_total_limit", "train.report_to",
+)
+"""Recipe keys (and sections) that may change between a run and its resumption: they do not alter training."""
 VERSIONED = ("ptrain", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers", "pluggy")
 
 
@@ -74,8 +82,22 @@ class Run:
 # ------------------------------------------------------------------ run directory
 
 
+def process_rank() -> int:
+    """This process's rank among the processes of a distributed run (``RANK``; 0 alone)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def run_path(recipe: Recipe, output_dir: str | None) -> Path:
+    return Path(output_dir or recipe.output.dir or Path("runs") / recipe.name).expanduser()
+
+
 def run_directory(recipe: Recipe, output_dir: str | None, overwrite: bool, resume: bool) -> Path:
-    target = Path(output_dir or recipe.output.dir or Path("runs") / recipe.name).expanduser()
+    target = run_path(recipe, output_dir)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"run directory {target} is a file; choose another path with --output-dir or output.dir")
     if target.exists() and any(target.iterdir()):
         if resume:
             return target
@@ -86,7 +108,10 @@ def run_directory(recipe: Recipe, output_dir: str | None, overwrite: bool, resum
                 f"run directory {target} already exists; pass --overwrite to replace it, --resume to continue it, "
                 "or --output-dir to write elsewhere"
             )
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot create run directory {target} ({getattr(err, 'strerror', None) or err}); choose another --output-dir") from None
     return target
 
 
@@ -106,7 +131,8 @@ def environment(seed: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "versions": versions,
         "seed": seed,
-        "argv": [a for a in sys.argv],
+        "world_size": _world_size(),
+        "argv": redact_argv(sys.argv),
         "git_sha": _git_sha(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -115,6 +141,12 @@ def environment(seed: int) -> dict[str, Any]:
 
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return info
+
+
+def _world_size() -> int:
+    from ptrain.training import world_size
+
+    return world_size()
 
 
 def _git_sha() -> str | None:
@@ -132,6 +164,7 @@ def _attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
+    handler.addFilter(RedactingFilter())
     for name in ("ptrain", "transformers", "trl", "peft", "accelerate"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
@@ -156,18 +189,111 @@ def execute(
     resume: bool = False,
     console: Any = None,
 ) -> Run:
-    """Run every stage of ``recipe`` and return the finished :class:`Run`."""
-    run_dir = run_directory(recipe, output_dir, overwrite, resume)
-    run = Run(recipe=recipe, dir=run_dir, console=console, resume=resume)
-    handler = _attach_log_file(run_dir / "run.log")
+    """Run every stage of ``recipe`` and return the finished :class:`Run`.
+
+    Local data files are parsed and a resumed run's recipe compared before the run directory is
+    touched. Only the main process (rank 0) writes the run directory; a run directory this call
+    created is removed again when a user error stops the run before training started.
+    """
+    from ptrain.data import check_local_files
+
+    resume = resume or recipe.output.resume
+    main = process_rank() == 0
+    check_local_files(recipe.data)
+    target = run_path(recipe, output_dir)
+    if resume:
+        check_resumable(recipe, target)
+    if not main:
+        run_dir, created = target, False
+    else:
+        created = not (resume and target.is_dir() and any(target.iterdir()))
+        existed = target.is_dir()
+        run_dir = run_directory(recipe, output_dir, overwrite, resume)
+    run = Run(recipe=recipe, dir=run_dir, console=console, resume=resume, is_main_process=main)
+    handler = _attach_log_file(run_dir / "run.log") if main else None
     try:
         _stages(run)
+    except RunInterrupted as err:
+        log.debug("%s", err)  # the CLI shows it
+        raise
+    except UsageError as err:
+        log.debug("%s", err)  # the CLI shows it
+        if created and not run.state.get("core.training_started"):
+            if handler is not None:
+                _detach_log_file(handler)
+                handler = None
+            _remove_run_directory(run_dir, keep_folder=existed)
+        raise
     except BaseException:
         log.exception("run failed")
         raise
     finally:
-        _detach_log_file(handler)
+        if handler is not None:
+            _detach_log_file(handler)
     return run
+
+
+def _remove_run_directory(run_dir: Path, keep_folder: bool) -> None:
+    """Undo a run directory that holds nothing worth keeping; a folder the user made stays, empty."""
+    if not keep_folder:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def recipe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes and that matter for training."""
+    old, new = _flatten(before), _flatten(after)
+
+    def ignored(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in RESUME_IGNORES)
+
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not ignored(k))
+
+
+def check_resumable(recipe: Recipe, target: Path) -> None:
+    """Refuse to resume ``target`` with a recipe that differs from the one it was started with."""
+    saved = target / "recipe.resolved.toml"
+    if not saved.is_file():
+        return
+    try:
+        before = tomllib.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise UsageError(f"{saved}: cannot read the recipe this run was started with ({err}); start again with --overwrite") from None
+    try:
+        before_world = json.loads((target / "env.json").read_text(encoding="utf-8")).get("world_size", 1)
+    except (OSError, ValueError, AttributeError):
+        before_world = None
+    if before_world not in (None, _world_size()):
+        log.warning(
+            "--resume: this run was started with %s processes and continues with %s; the global batch and the "
+            "data position change with it", before_world, _world_size(),
+        )
+    after = tomllib.loads(redact_toml(recipe.to_toml()))
+    changed = recipe_changes(before, after)
+    if changed:
+        old, new = _flatten(before), _flatten(after)
+        detail = ", ".join(f"{k} ({old.get(k, 'unset')!r} -> {new.get(k, 'unset')!r})" for k in changed[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        raise UsageError(
+            f"--resume: the recipe changed since {target} was started: {detail}{more}; "
+            "restore those values, or start a new run with --overwrite or --output-dir"
+        )
 
 
 def _stages(run: Run) -> None:
@@ -179,8 +305,9 @@ def _stages(run: Run) -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_warning()
     recipe = run.recipe
-    artifacts.write_text(run.dir / "recipe.resolved.toml", recipe.to_toml())
-    artifacts.write_json(run.dir / "env.json", environment(recipe.seed))
+    if run.is_main_process:
+        artifacts.write_text(run.dir / "recipe.resolved.toml", redact_toml(recipe.to_toml()))
+        artifacts.write_json(run.dir / "env.json", environment(recipe.seed))
     started = time.perf_counter()
     set_seed(recipe.seed)
 
@@ -192,7 +319,7 @@ def _stages(run: Run) -> None:
     run.train_dataset, run.eval_dataset = splits
     log.info("data: %d train rows, %d eval rows", len(run.train_dataset), len(run.eval_dataset))
 
-    if recipe.eval.base:
+    if recipe.eval.base and run.is_main_process:
         _evaluate(run, "base")
 
     run.trainer = run.hook.build_trainer(run=run)
@@ -200,6 +327,8 @@ def _stages(run: Run) -> None:
         _train(run)
     else:
         log.info("no method in %s builds a trainer: skipping training", recipe.methods)
+    if not run.is_main_process:
+        return  # rank 0 evaluates and writes the run directory
 
     _evaluate(run, "final")
     run.metrics["run"] = {"wall_time_s": round(time.perf_counter() - started, 2), "methods": recipe.methods}
@@ -251,22 +380,40 @@ def peak_memory_mb() -> float:
 
 
 def _train(run: Run) -> None:
-    from ptrain.training import progress_callback
+    from ptrain.training import interrupt_callback, progress_callback, world_size
 
     trainer = run.trainer
+    stopper = None
     if hasattr(trainer, "add_callback"):
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(progress_callback(run.console))
+        stopper = interrupt_callback()
+        trainer.add_callback(stopper)
     checkpoint = _latest_checkpoint(run.dir / "checkpoints") if run.resume else None
     if run.resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run.dir / "checkpoints")
+    elif checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    run.state["core.training_started"] = True
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        if stopper is not None:
+            stopper.on_train_end(None, None, None)
     seconds = time.perf_counter() - started
     state = trainer.state
+    if stopper is not None and stopper.stopped_by:
+        if run.is_main_process:
+            artifacts.write_json(run.dir / "log_history.json", state.log_history)
+        saved = _latest_checkpoint(run.dir / "checkpoints")
+        raise RunInterrupted(
+            f"{stopper.stopped_by}: stopped at step {state.global_step} of {state.max_steps}; checkpoint {saved}; "
+            "continue with `ptrain run RECIPE --resume`"
+        )
     losses = [e["loss"] for e in state.log_history if "loss" in e]
     tokens = getattr(state, "num_input_tokens_seen", 0) or 0
     run.metrics["train"] = {
@@ -280,7 +427,11 @@ def _train(run: Run) -> None:
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+        "world_size": world_size(),
+        "resumed_from": str(checkpoint) if checkpoint else None,
     }
+    if not run.is_main_process:
+        return
     artifacts.write_json(run.dir / "log_history.json", state.log_history)
     if run.recipe.output.plots:
         from ptrain.plots import loss_curve
@@ -289,7 +440,16 @@ def _train(run: Run) -> None:
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint: the Trainer writes ``trainer_state.json`` last, so one killed
+    while saving has none (or a truncated one) and is passed over."""
     if not folder.is_dir():
         return None
     found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+    for candidate in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((candidate / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("skipping incomplete checkpoint %s", candidate)
+            continue
+        return candidate
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -25,6 +26,15 @@ def suggest(word: str, candidates: list[str]) -> str:
     """A ``"; did you mean 'x'?"`` suffix, or ``""`` when nothing is close."""
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages (never raises)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too large to show"
+    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
 
 
 def type_name(hint: Any) -> str:
@@ -53,7 +63,7 @@ def _convert(value: Any, hint: Any, key: str, source: SourceOf) -> Any:
 
     def fail() -> typing.NoReturn:
         raise RecipeError(
-            f"expected {type_name(hint)}, got {value!r} ({type(value).__name__})",
+            f"expected {type_name(hint)}, got {show(value)} ({type(value).__name__})",
             source=source(key),
             key=key,
         )
@@ -75,7 +85,7 @@ def _convert(value: Any, hint: Any, key: str, source: SourceOf) -> Any:
         if value in args:
             return value
         raise RecipeError(
-            f"expected one of {', '.join(repr(a) for a in args)}, got {value!r}{suggest(str(value), [str(a) for a in args])}",
+            f"expected one of {', '.join(repr(a) for a in args)}, got {show(value)}{suggest(show(value), [str(a) for a in args])}",
             source=source(key),
             key=key,
         )
@@ -100,10 +110,14 @@ def _convert(value: Any, hint: Any, key: str, source: SourceOf) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             fail()
+        if not -(2**63) <= value < 2**63:
+            raise RecipeError(f"{show(value)} is out of range (a 64-bit integer)", source=source(key), key=key)
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
+        if isinstance(value, int) and abs(value) >= 2**1023 or not math.isfinite(float(value)):
+            raise RecipeError(f"expected a finite number, got {show(value)}", source=source(key), key=key)
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +26,41 @@ def precision_flags(precision: str) -> dict[str, bool]:
 
         raise RecipeError(f"train.precision = {precision!r} needs a CUDA GPU; use 'auto' or 'fp32' on this machine")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def world_size() -> int:
+    """Processes taking part in this run (``WORLD_SIZE``, set by torchrun and accelerate launch)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def distributed_arguments(run: Run) -> dict[str, Any]:
+    """TrainingArguments fields for ``[distributed]``; empty for a single process."""
+    import importlib.util
+
+    import torch
+
+    from ptrain.errors import RecipeError
+
+    if world_size() <= 1:
+        return {}
+    section = run.recipe.distributed
+    ddp_backend = section.ddp_backend
+    if ddp_backend == "auto":
+        ddp_backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if ddp_backend == "nccl" and not torch.cuda.is_available():
+        raise RecipeError("distributed.ddp_backend = 'nccl' needs CUDA GPUs; use 'gloo' (or 'auto') on CPU")
+    kwargs: dict[str, Any] = {"ddp_backend": ddp_backend, "ddp_find_unused_parameters": section.find_unused_parameters}
+    if section.backend == "fsdp":
+        kwargs["fsdp"] = " ".join(section.fsdp)
+        kwargs["fsdp_config"] = dict(section.fsdp_config)
+    elif section.backend == "deepspeed":
+        if importlib.util.find_spec("deepspeed") is None:
+            raise RecipeError("distributed.backend = 'deepspeed' needs the deepspeed package (pip install deepspeed)")
+        kwargs["deepspeed"] = os.path.expanduser(section.deepspeed)
+    return kwargs
 
 
 def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> Any:
@@ -66,6 +104,7 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": True,
         **precision_flags(train.precision),
+        **distributed_arguments(run),
     }
     names = {f.name for f in dataclasses.fields(cls)}
     if "activation_checkpointing" in names:  # transformers >= 5.x renamed it
@@ -124,3 +163,64 @@ def progress_callback(console: Any) -> Any:
                 self.progress = None
 
     return RichProgress()
+
+
+log = logging.getLogger("ptrain")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def interrupt_callback() -> Any:
+    """A ``TrainerCallback`` that turns the first Ctrl-C (SIGINT) or SIGTERM into "save a checkpoint and stop".
+
+    ``callback.stopped_by`` names the signal once one arrived. A second signal is handled as
+    usual (KeyboardInterrupt), for when saving takes too long.
+    """
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        def __init__(self) -> None:
+            self.stopped_by: str | None = None
+            self.previous: dict[int, Any] = {}
+
+        def _handle(self, number: int, frame: Any) -> None:
+            if self.stopped_by:  # e.g. torchrun's SIGTERM after the terminal's SIGINT: already stopping
+                return
+            self.stopped_by = signal.Signals(number).name
+            if signal.SIGINT in self.previous:  # a second Ctrl-C aborts at once
+                signal.signal(signal.SIGINT, self.previous.pop(signal.SIGINT))
+            log.warning("%s: saving a checkpoint after this step, then stopping (Ctrl-C again aborts)", self.stopped_by)
+
+        def _restore(self) -> None:
+            for number, handler in self.previous.items():
+                signal.signal(number, handler)
+            self.previous = {}
+
+        def _any_rank_stopped(self, args: Any) -> bool:
+            """Every rank must stop at the same step, or the others wait forever in the next all-reduce."""
+            import torch
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+                return bool(self.stopped_by)
+            flag = torch.tensor([1.0 if self.stopped_by else 0.0], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0 and not self.stopped_by:
+                self.stopped_by = "another rank's signal"
+            return flag.item() > 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            try:
+                for number in STOP_SIGNALS:
+                    self.previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                self._restore()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self._any_rank_stopped(args):
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._restore()
+
+    return StopOnSignal()
