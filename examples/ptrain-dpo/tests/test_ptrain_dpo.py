@@ -11,8 +11,8 @@ from ptrain.testing import tiny_recipe
 PAIRS = {"source": "builtin:preferences", "tasks": ["reverse", "uppercase"], "num_examples": 400, "eval_size": 64}
 
 
-def dpo_recipe(**sections):
-    return tiny_recipe(["dpo"], **{"data": PAIRS, **sections})
+def dpo_recipe(methods=("dpo",), **sections):
+    return tiny_recipe(list(methods), **{"data": PAIRS, **sections})
 
 
 def test_listed_with_its_distribution(ptrain_cli):
@@ -86,3 +86,42 @@ def test_dpo_raises_preference_accuracy(ptrain_run):
     assert final["reward_chosen"] > final["reward_rejected"]
     assert run.metrics["dpo"] == {"beta": 0.1, "loss_type": "sigmoid", "reference": "frozen copy"}
     assert run.metrics["train"]["last_logged_loss"] < run.metrics["train"]["first_logged_loss"]
+
+
+def adapter_method():
+    """A stand-in for the ``lora`` method: a load_model wrapper that puts a peft adapter on the model."""
+    import types
+
+    from ptrain import LoadedModel, hookimpl
+
+    @hookimpl(wrapper=True)
+    def load_model(run):
+        from peft import LoraConfig, get_peft_model
+
+        loaded = yield
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+        return LoadedModel(get_peft_model(loaded.model, config), loaded.tokenizer)
+
+    module = types.ModuleType("adapter", "adapter: LoRA stand-in for tests")
+    module.load_model = load_model
+    return module
+
+
+@pytest.mark.slow
+def test_dpo_with_an_adapter_uses_the_implicit_reference(ptrain_run):
+    run = ptrain_run(
+        dpo_recipe(
+            methods=["dpo", "adapter"],
+            train={"max_steps": 20, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 5},
+            eval={"max_samples": 4, "max_new_tokens": 4},
+            output={"save_model": False, "plots": False},
+        ),
+        plugins={"adapter": adapter_method()},
+    )
+    base, final = run.metrics["base"], run.metrics["final"]
+    assert run.metrics["dpo"]["reference"] == "implicit (adapter disabled)"
+    assert run.trainer.ref_model is None
+    assert run.metrics["train"]["trainable_parameters"] < run.metrics["train"]["parameters"] / 5
+    # few adapter steps on a random-init model: the margins move the right way (accuracy needs more steps)
+    assert final["preference_margin"] > base["preference_margin"]
+    assert final["reward_margin"] > 0 and final["reward_chosen"] > final["reward_rejected"]
