@@ -8,6 +8,8 @@ import pytest
 from ptrain import RecipeError
 from ptrain.testing import tiny_recipe
 
+pytest.importorskip("ptrain_dpo", reason="the example plugin is not installed: pip install -e examples/ptrain-dpo")
+
 PAIRS = {"source": "builtin:preferences", "tasks": ["reverse", "uppercase"], "num_examples": 400, "eval_size": 64}
 
 
