@@ -72,6 +72,9 @@ class DataSection:
     """Prompt template for rows with an input, with ``{instruction}`` and ``{input}``."""
     template_no_input: str | None = None
     """Prompt template for rows without an input, with ``{instruction}``."""
+    chat: bool = False
+    """Render prompts with the tokenizer's chat template (one user turn: instruction, then input),
+    as instruct models expect; templates are then not used."""
     # builtin:tasks / builtin:preferences generator options
     tasks: list[str] = field(default_factory=lambda: ["arithmetic", "reverse", "uppercase"])
     num_examples: int = 2000

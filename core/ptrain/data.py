@@ -200,6 +200,12 @@ def default_templates(fmt: str, section: DataSection) -> tuple[str, str]:
     return section.template or ALPACA_TEMPLATE, section.template_no_input or ALPACA_TEMPLATE_NO_INPUT
 
 
+def chat_prompt(tokenizer: Any, instruction: str, input: str = "") -> str:
+    """One user turn (instruction, then input) through the tokenizer's chat template, ready for the answer."""
+    content = f"{instruction}\n\n{input}" if input else instruction
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+
+
 def render_prompt(row: dict[str, str], template: str, template_no_input: str) -> str:
     if row.get("chat_prompt"):
         return row["chat_prompt"]
@@ -233,8 +239,12 @@ def load_rows(section: DataSection, seed: int, tokenizer: Any = None) -> tuple[l
     if section.max_train is not None:
         train = train[: section.max_train]
     template, template_no_input = default_templates(fmt, section)
+    if section.chat and not getattr(tokenizer, "chat_template", None):
+        raise DataError("data.chat = true needs a tokenizer with a chat template; set model.tokenizer to one, or use data.template")
     for row in (*train, *evaluation):
         row.setdefault("task", "")
+        if section.chat and not row.get("chat_prompt"):
+            row["chat_prompt"] = chat_prompt(tokenizer, row["instruction"], row["input"])
         row["prompt"] = render_prompt(row, template, template_no_input)
         row["completion"] = row["output"]
         row.pop("chat_prompt", None)

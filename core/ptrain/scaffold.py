@@ -24,7 +24,7 @@ name = "ptrain-{dist}"
 version = "0.1.0"
 description = "The {name} method for ptrain."
 readme = "README.md"
-requires-python = ">=3.10"
+requires-python = ">=3.11"
 dependencies = ["ptrain>=0.1"]
 
 [project.optional-dependencies]

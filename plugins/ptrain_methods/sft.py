@@ -25,8 +25,9 @@ def recipe_sections() -> dict[str, type]:
 
 @hookimpl
 def build_trainer(run: Run) -> Any:
-    from ptrain.training import training_arguments
     from trl import SFTConfig, SFTTrainer
+
+    from ptrain.training import training_arguments
 
     section: SFTSection = run.section("sft")
     args = training_arguments(

@@ -1,6 +1,7 @@
 """Exit codes and one-line messages of the CLI for user errors (no training involved)."""
 
 from click.testing import CliRunner
+
 from ptrain.cli import cli
 
 MINIMAL = """

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from ptrain.config import DataSection
 from ptrain.data import load_rows
 from ptrain.errors import DataError
@@ -94,8 +95,9 @@ def test_unknown_columns_explain_mapping(tmp_path):
 
 
 def test_messages_need_a_final_assistant_turn(tmp_path):
-    from ptrain.models import ASSETS
     from transformers import AutoTokenizer
+
+    from ptrain.models import ASSETS
 
     tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -112,3 +114,14 @@ def test_eval_size_too_large(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}] * 3)
     with pytest.raises(DataError, match="cannot spare data.eval_size = 5"):
         load_rows(section(path, eval_size=5), seed=0)
+
+
+def test_chat_rendering_uses_the_tokenizer_template():
+    from transformers import AutoTokenizer
+
+    from ptrain.models import ASSETS
+
+    tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
+    train, _ = load_rows(DataSection(source="builtin:tasks", num_examples=4, eval_size=2, chat=True), seed=0, tokenizer=tok)
+    row = train[0]
+    assert row["prompt"] == f"<|im_start|>user\n{row['instruction']}\n\n{row['input']}<|im_end|>\n<|im_start|>assistant\n"

@@ -4,6 +4,7 @@ import sys
 import types
 
 import pytest
+
 from ptrain import hookimpl
 from ptrain.errors import PluginLoadError, RecipeError
 from ptrain.plugins import PluginRegistry

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from ptrain.config import DataSection
 from ptrain.data import load_rows
 from ptrain.errors import DataError, RecipeError

@@ -1,4 +1,5 @@
 import pytest
+
 from ptrain.errors import RecipeError
 from ptrain.recipe import load_recipe, parse_override
 

@@ -9,6 +9,7 @@ import types
 from dataclasses import dataclass
 
 import pytest
+
 from ptrain import hookimpl
 from ptrain.errors import RecipeError
 from ptrain.testing import tiny_recipe

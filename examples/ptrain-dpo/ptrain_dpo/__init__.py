@@ -105,8 +105,9 @@ def frozen_copy(model: Any) -> Any:
 
 @hookimpl
 def build_trainer(run: Run) -> Any:
-    from ptrain.training import training_arguments
     from trl import DPOConfig, DPOTrainer
+
+    from ptrain.training import training_arguments
 
     section: DPOSection = run.section("dpo")
     _require_pairs(run.train_dataset, "train", run.recipe.data.source)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from ptrain import RecipeError
 from ptrain.testing import tiny_recipe
 

@@ -1,0 +1,89 @@
+"""What does ptrain cost over a hand-written TRL script? The same SFT job both ways, side by side.
+
+    python bench/sft_overhead.py [--steps 300]
+
+Runs ``recipes/sft_tiny.toml`` through ``ptrain run`` and an equivalent hand-written TRL script
+(same model weights, data, hyper-parameters and seed), each in its own process, then prints the
+wall-time ratios and both final losses. ptrain's extra work (evaluation, export) is timed
+separately: the training ratio compares ``trainer.train()`` against ``trainer.train()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+HAND_WRITTEN = textwrap.dedent(
+    """
+    import json, sys, time
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    import datasets
+    from ptrain.models import builtin_checkpoint
+    from ptrain.tasks import generate
+    from ptrain.config import ALPACA_TEMPLATE
+
+    steps, out = int(sys.argv[1]), sys.argv[2]
+    datasets.disable_progress_bars()
+    path = builtin_checkpoint("tiny-llama", 42)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    rows = generate(["reverse", "uppercase"], 6000, 42)
+    data = datasets.Dataset.from_list(
+        [{"prompt": ALPACA_TEMPLATE.format(instruction=r["instruction"], input=r["input"]), "completion": r["output"]} for r in rows]
+    )
+    args = SFTConfig(
+        output_dir=out, max_steps=steps, per_device_train_batch_size=32, learning_rate=3e-3,
+        lr_scheduler_type="cosine", warmup_steps=0.05, max_length=128, logging_steps=20, seed=42, data_seed=42,
+        save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, completion_only_loss=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    start = time.perf_counter()
+    result = trainer.train()
+    print(json.dumps({"train_time_s": time.perf_counter() - start, "train_loss": result.training_loss}))
+    """
+)
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:3])}… failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ptrain_wall, _ = timed(
+            [sys.executable, "-m", "ptrain.cli", "run", "recipes/sft_tiny.toml", "--output-dir", f"{tmp}/ptrain",
+             "--set", f"train.max_steps={args.steps}", "--set", "eval.base=false", "--set", "train.save_steps=0"]
+        )
+        ptrain = json.loads(Path(f"{tmp}/ptrain/metrics.json").read_text())
+        script = Path(tmp) / "hand_written.py"
+        script.write_text(HAND_WRITTEN)
+        trl_wall, out = timed([sys.executable, str(script), str(args.steps), f"{tmp}/trl"])
+        trl = json.loads(out.strip().splitlines()[-1])
+
+    train_ratio = ptrain["train"]["train_time_s"] / trl["train_time_s"]
+    print(f"SFT, builtin:tiny-llama, {args.steps} steps x batch 32, same seed, one machine, one run")
+    print(f"{'':28}{'ptrain':>12}{'TRL script':>12}{'ratio':>8}")
+    print(f"{'trainer.train() seconds':28}{ptrain['train']['train_time_s']:>12.2f}{trl['train_time_s']:>12.2f}{train_ratio:>8.3f}")
+    print(f"{'process wall seconds':28}{ptrain_wall:>12.2f}{trl_wall:>12.2f}{ptrain_wall / trl_wall:>8.3f}")
+    print(f"{'final train loss':28}{ptrain['train']['train_loss']:>12.5f}{trl['train_loss']:>12.5f}")
+    print("(ptrain's process time also covers its final evaluation and model export, which the script does not do)")
+
+
+if __name__ == "__main__":
+    main()
