@@ -36,6 +36,7 @@ def cli() -> None:
     ptrain run recipes/sft_tiny.toml      train as the recipe says
     ptrain validate RECIPE                check a recipe without running it
     ptrain list                           installed methods
+    ptrain new-plugin NAME                scaffold a method package
     """
 
 
@@ -197,6 +198,22 @@ def list_methods(as_json: bool) -> None:
         detail = info.description if info.status == "ok" else info.error
         table.add_row(info.name, info.distribution, info.version, ", ".join(info.hooks), status, detail)
     console.print(table)
+
+
+@cli.command(name="new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it (default ./ptrain-NAME).")
+def new_plugin(name: str, directory: str | None) -> None:
+    """Scaffold a package for a new method NAME (distribution ptrain-NAME, module ptrain_NAME)."""
+    from pathlib import Path
+
+    from ptrain.scaffold import create
+
+    try:
+        target = create(name, Path(directory) if directory else None)
+    except UsageError as err:
+        fail_usage(err)
+    console.print(f"[green]created[/] {target}: pip install -e {target} && ptrain list")
 
 
 def main() -> None:

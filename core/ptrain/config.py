@@ -17,6 +17,7 @@ from ptrain.errors import RecipeError
 
 ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 ALPACA_TEMPLATE_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
+BUILTIN_SOURCES = ("builtin:tasks", "builtin:preferences")
 
 
 def check_template(template: str, key: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
@@ -57,8 +58,11 @@ class DataSection:
     """``[data]``: what to train and evaluate on."""
 
     source: str
-    """A local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a hub dataset ID, or ``builtin:tasks``."""
-    format: Literal["auto", "prompt_completion", "alpaca", "dolly", "messages"] = "auto"
+    """A local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a hub dataset ID, ``builtin:tasks``, or
+    ``builtin:preferences`` (the same tasks as preference pairs: chosen = the correct answer,
+    rejected = a plausible wrong one)."""
+    format: Literal["auto", "prompt_completion", "alpaca", "dolly", "messages", "preference"] = "auto"
+    """``preference``: columns ``prompt``, ``chosen``, ``rejected`` (text, or chat messages)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Rename source columns to the format's names, e.g. ``{ prompt = "question", completion = "answer" }``."""
     split: str = "train"
@@ -74,7 +78,7 @@ class DataSection:
     chat: bool = False
     """Render prompts with the tokenizer's chat template (one user turn: instruction, then input),
     as instruct models expect; templates are then not used."""
-    # builtin:tasks generator options
+    # builtin:tasks / builtin:preferences generator options
     tasks: list[str] = field(default_factory=lambda: ["arithmetic", "reverse", "uppercase"])
     num_examples: int = 2000
 

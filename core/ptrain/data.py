@@ -1,8 +1,10 @@
 """Reading training data: local files, hub datasets and the bundled task generator.
 
 Every source is normalised to rows with ``instruction``, ``input``, ``output`` (the raw fields),
-``prompt`` and ``completion`` (the rendered text the trainer sees) and ``task``. Rows that cannot
-be used are reported by file and row number, never skipped silently.
+``prompt`` and ``completion`` (the rendered text the trainer sees) and ``task``. Preference data
+(format ``preference``, or ``builtin:preferences``) also keeps ``chosen`` and ``rejected``, with
+``completion`` = ``chosen``. Rows that cannot be used are reported by file and row number, never
+skipped silently.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ptrain.config import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT, DataSection
+from ptrain.config import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT, BUILTIN_SOURCES, DataSection
 from ptrain.errors import DataError
 
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -21,6 +23,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
     "dolly": ("instruction", "response"),
     "messages": ("messages",),
+    "preference": ("chosen", "rejected"),
 }
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -137,6 +140,8 @@ def _read_hub(name: str, split: str) -> list[tuple[str, dict[str, Any]]]:
 def detect_format(columns: set[str], where: str) -> str:
     if "messages" in columns:
         return "messages"
+    if {"chosen", "rejected"} <= columns:
+        return "preference"
     if {"prompt", "completion"} <= columns:
         return "prompt_completion"
     if {"instruction", "output"} <= columns:
@@ -145,7 +150,7 @@ def detect_format(columns: set[str], where: str) -> str:
         return "dolly"
     raise DataError(
         f"{where}: cannot tell the data format from columns {sorted(columns)}; set data.format "
-        "(prompt_completion, alpaca, dolly, messages) and map your columns with data.columns, "
+        "(prompt_completion, alpaca, dolly, messages, preference) and map your columns with data.columns, "
         'e.g. columns = { prompt = "question", completion = "answer" }'
     )
 
@@ -163,6 +168,8 @@ def _text(row: dict[str, Any], key: str, where: str, required: bool) -> str:
 
 def normalise(row: dict[str, Any], fmt: str, where: str, tokenizer: Any = None) -> dict[str, str]:
     """One source row as ``task, instruction, input, output`` (+ ``chat_prompt`` for messages)."""
+    if fmt == "preference":
+        return _normalise_preference(row, where, tokenizer)
     if fmt == "prompt_completion":
         return {"instruction": _text(row, "prompt", where, True), "input": "", "output": _text(row, "completion", where, True)}
     if fmt == "alpaca":
@@ -180,22 +187,55 @@ def normalise(row: dict[str, Any], fmt: str, where: str, tokenizer: Any = None) 
     messages = row.get("messages")
     if not isinstance(messages, list) or len(messages) < 2:
         raise DataError(f"{where}: 'messages' must be a list of at least two {{role, content}} objects")
+    _check_messages(messages, where, "messages")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: the last message must be the assistant's answer to learn, got role {messages[-1]['role']!r}")
+    return _chat_row(messages[:-1], messages[-1]["content"], where, tokenizer)
+
+
+def _check_messages(messages: list[Any], where: str, key: str) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get("role") not in (
             "system", "user", "assistant", "tool"
         ):
-            raise DataError(f"{where}: messages[{i}] must be {{role: system|user|assistant|tool, content: text}}")
-    if messages[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the last message must be the assistant's answer to learn, got role {messages[-1]['role']!r}")
+            raise DataError(f"{where}: {key}[{i}] must be {{role: system|user|assistant|tool, content: text}}")
+
+
+def _chat_row(context: list[dict[str, str]], answer: str, where: str, tokenizer: Any) -> dict[str, str]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"{where}: chat 'messages' need a tokenizer with a chat template; set model.tokenizer to one that has it")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    user = next((m["content"] for m in reversed(messages[:-1]) if m["role"] == "user"), "")
-    return {"instruction": user, "input": "", "output": messages[-1]["content"], "chat_prompt": prompt}
+        raise DataError(f"{where}: chat messages need a tokenizer with a chat template; set model.tokenizer to one that has it")
+    prompt = tokenizer.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+    user = next((m["content"] for m in reversed(context) if m["role"] == "user"), "")
+    return {"instruction": user, "input": "", "output": answer, "chat_prompt": prompt}
+
+
+def _answer(row: dict[str, Any], key: str, where: str) -> tuple[str, list[Any] | None]:
+    """A preference answer as text, plus the conversation before it when given in chat form."""
+    value = row.get(key)
+    if isinstance(value, list):
+        _check_messages(value, where, key)
+        if not value or value[-1]["role"] != "assistant":
+            raise DataError(f"{where}: {key!r} in chat form must end with the assistant's answer")
+        return value[-1]["content"], value[:-1]
+    return _text(row, key, where, True), None
+
+
+def _normalise_preference(row: dict[str, Any], where: str, tokenizer: Any) -> dict[str, str]:
+    """``prompt``/``chosen``/``rejected`` as text, or in TRL's chat forms (explicit or implicit prompt)."""
+    chosen, chosen_context = _answer(row, "chosen", where)
+    rejected, _ = _answer(row, "rejected", where)
+    prompt = row.get("prompt")
+    if isinstance(prompt, list) or (prompt is None and chosen_context):
+        context = prompt if isinstance(prompt, list) else chosen_context
+        _check_messages(context, where, "prompt")
+        return _chat_row(context, chosen, where, tokenizer) | {"chosen": chosen, "rejected": rejected}
+    if prompt is None:
+        raise DataError(f"{where}: format 'preference' needs a 'prompt' column (or chosen/rejected as chat messages)")
+    return {"instruction": _text(row, "prompt", where, True), "input": "", "output": chosen, "chosen": chosen, "rejected": rejected}
 
 
 def default_templates(fmt: str, section: DataSection) -> tuple[str, str]:
-    if fmt == "prompt_completion":
+    if fmt in ("prompt_completion", "preference"):
         return section.template or "{instruction}\n{input}", section.template_no_input or "{instruction}"
     return section.template or ALPACA_TEMPLATE, section.template_no_input or ALPACA_TEMPLATE_NO_INPUT
 
@@ -216,11 +256,13 @@ def render_prompt(row: dict[str, str], template: str, template_no_input: str) ->
 
 def load_rows(section: DataSection, seed: int, tokenizer: Any = None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Train and eval rows, normalised and rendered, as plain dicts."""
-    if section.source == "builtin:tasks":
+    if section.source in BUILTIN_SOURCES:
         from ptrain import tasks
 
         train = tasks.generate(section.tasks, section.num_examples, seed)
         evaluation = tasks.generate(section.tasks, section.eval_size, seed + 1, exclude={(r["task"], r["input"]) for r in train})
+        if section.source == "builtin:preferences":
+            train, evaluation = tasks.preference_pairs(train, seed), tasks.preference_pairs(evaluation, seed + 1)
         fmt = "alpaca"
     else:
         fmt, train = _load_source(section.source, section, tokenizer)

@@ -123,6 +123,51 @@ def completion_loss(
     return total / max(count, 1)
 
 
+def completion_logprobs(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> list[float]:
+    """Summed log-probability of each completion (EOS included) given its prompt.
+
+    The quantity preference methods compare: ``logp(chosen) - logp(rejected)`` is a model's
+    preference margin, and its change against a reference model is DPO's implicit reward.
+    """
+    import torch
+
+    eos = tokenizer.eos_token or ""
+    sequences = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full_text = prompt + completion
+        full_ids = tokenizer(full_text if full_text.endswith(eos) else full_text + eos)["input_ids"][:max_length]
+        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b), min(len(prompt_ids), len(full_ids)))
+        sequences.append((full_ids, max(start, 1)))
+    results: list[float] = []
+    device = _device(model)
+    with _eval_mode(model):
+        for i in range(0, len(sequences), batch_size):
+            batch = sequences[i : i + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, (ids, start) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                labels[row, start : len(ids)] = torch.tensor(ids[start:])
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            shift_labels = labels[:, 1:].to(device)
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            mask = shift_labels != -100
+            picked = logprobs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            results.extend((picked * mask).sum(dim=1).tolist())
+    return results
+
+
 @dataclass
 class Generations:
     texts: list[str]

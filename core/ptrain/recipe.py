@@ -17,6 +17,7 @@ from typing import Any
 
 from ptrain import schema
 from ptrain.config import (
+    BUILTIN_SOURCES,
     DataSection,
     DistributedSection,
     EvalSection,
@@ -353,11 +354,13 @@ def _check_paths(sections: dict[str, Any], source: Any) -> None:
                     source=source(f"data.{key}"),
                     key=f"data.{key}",
                 )
-    if data.source.startswith("builtin:") and data.source != "builtin:tasks":
+    if data.source.startswith("builtin:") and data.source not in BUILTIN_SOURCES:
         raise RecipeError(
-            f"unknown builtin data source {data.source!r}; the bundled one is 'builtin:tasks'", source=source("data.source"), key="data.source"
+            f"unknown builtin data source {data.source!r}; the bundled ones are {', '.join(map(repr, BUILTIN_SOURCES))}",
+            source=source("data.source"),
+            key="data.source",
         )
-    if data.source == "builtin:tasks":
+    if data.source in BUILTIN_SOURCES:
         from ptrain.tasks import TASKS
 
         for i, task in enumerate(data.tasks):

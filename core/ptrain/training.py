@@ -107,8 +107,8 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         **distributed_arguments(run),
     }
     names = {f.name for f in dataclasses.fields(cls)}
-    if "activation_checkpointing" in names:  # transformers >= 5.x renamed it
-        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    if "activation_checkpointing" in names:  # transformers >= 5.x renamed it; TRL configs still default the old name to True
+        kwargs["activation_checkpointing"] = kwargs["gradient_checkpointing"]
     kwargs.update(overrides)
     return cls(**{k: v for k, v in kwargs.items() if k in names})
 
