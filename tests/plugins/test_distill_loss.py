@@ -16,7 +16,7 @@ def softmax(row, t):
 
 
 def kl(p, q):
-    return sum(a * math.log(a / b) for a, b in zip(p, q))
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
 
 
 STUDENT = [
@@ -84,7 +84,7 @@ def test_divergences():
     ps, pt = softmax(s[0].tolist(), 2.0), softmax(t[0].tolist(), 2.0)
     assert kd_divergence(s, t, 2.0, "forward_kl").item() == pytest.approx(kl(pt, ps), rel=1e-5)
     assert kd_divergence(s, t, 2.0, "reverse_kl").item() == pytest.approx(kl(ps, pt), rel=1e-5)
-    m = [0.3 * a + 0.7 * b for a, b in zip(pt, ps)]
+    m = [0.3 * a + 0.7 * b for a, b in zip(pt, ps, strict=True)]
     assert kd_divergence(s, t, 2.0, "jsd", beta=0.3).item() == pytest.approx(0.3 * kl(pt, m) + 0.7 * kl(ps, m), rel=1e-5)
     assert kd_divergence(s, s, 2.0, "jsd").item() == pytest.approx(0.0, abs=1e-6)
 
