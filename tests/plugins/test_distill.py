@@ -18,9 +18,9 @@ def test_headline_recipe_validates_offline_without_heavy_imports():
     code = (
         "import sys; from ptrain.recipe import load_recipe; "
         f"r = load_recipe({str(HEADLINE)!r}); "
-        "assert r.section('distill').teacher == 'TinyLlama/TinyLlama-1.1B-Chat-v1.0'; "
+        "assert r.sections['distill'].teacher == 'TinyLlama/TinyLlama-1.1B-Chat-v1.0'; "
         "assert r.model.name == 'gpt2-medium'; "
-        "assert (r.section('distill').temperature, r.section('distill').alpha) == (2.0, 0.5); "
+        "assert (r.sections['distill'].temperature, r.sections['distill'].alpha) == (2.0, 0.5); "
         "assert 'torch' not in sys.modules, 'validation imported torch'"
     )
     env = {"HF_HUB_OFFLINE": "1", "PATH": ""}
