@@ -271,7 +271,10 @@ def teacher_answers(run: Run, prompts: list[str]) -> dict[str, str]:
         batch = run.recipe.eval.batch_size
         chunk = max(batch * 4, 64)
         max_new = section.max_new_tokens or run.recipe.eval.max_new_tokens
+        cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
         with path.open("a", encoding="utf-8") as handle:
+            if cut:
+                handle.write("\n")  # after a line cut short, start a fresh one
             for i in range(0, len(missing), chunk):
                 part = missing[i : i + chunk]
                 texts = generate(state["teacher"], state["teacher_tokenizer"], part, max_new, batch).texts
