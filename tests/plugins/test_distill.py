@@ -113,3 +113,17 @@ def test_same_tokenizer_logit_kd_student_is_close_and_faster(run_recipe, trained
     assert kd and kd[-1] < kd[0] / 2, kd
     assert report["quality_ratio"] >= 0.8, report
     assert report["speedup"] > 1.0, report
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_teacher_loads_quantized_frozen_and_in_eval_mode(bits):
+    from types import SimpleNamespace
+
+    from ptrain_methods.distill import load_teacher
+
+    recipe = load_recipe(OFFLINE, ["distill.teacher='builtin:tiny-llama'", f"distill.teacher_load_in='{bits}'"])
+    run = SimpleNamespace(recipe=recipe, section=lambda name: recipe.sections[name])
+    teacher, tokenizer = load_teacher(run)
+    assert getattr(teacher, f"is_loaded_in_{bits}") is True
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert len(tokenizer) == teacher.config.vocab_size
