@@ -74,7 +74,7 @@ def test_completion_ids_finds_the_completion_start():
 @pytest.mark.slow
 def test_cross_tokenizer_twin_beats_the_labeled_only_baseline(run_recipe, trained_tiny_llama, caplog):
     """The offline twin of the headline: llama-like teacher, gpt2-like student, 300 labeled rows."""
-    from ptrain_methods.distill import CACHE, teacher_answers
+    from ptrain_methods.distill import CACHE
 
     caplog.set_level("INFO", logger="ptrain")
     run = run_recipe(OFFLINE, f"distill.teacher={trained_tiny_llama.dir}")
@@ -91,18 +91,35 @@ def test_cross_tokenizer_twin_beats_the_labeled_only_baseline(run_recipe, traine
     assert report["student"]["task_metric"] >= report["baseline"]["task_metric"], report
     assert report["quality_ratio"] == pytest.approx(report["student"]["task_metric"] / report["teacher"]["task_metric"], abs=1e-3)
 
-    # the teacher's answers are cached: a rerun generates only the missing ones
-    cache = run.dir / "distill" / CACHE
+    assert (run.dir / "distill" / CACHE).is_file()
+
+
+def test_teacher_answers_are_cached_and_resumed(tmp_path, caplog):
+    """A rerun generates only the prompts without a cached answer, even after a line cut short."""
+    import logging
+    from types import SimpleNamespace
+
+    from ptrain_methods.distill import CACHE, STATE, load_teacher, teacher_answers
+
+    caplog.set_level("INFO", logger="ptrain")
+    recipe = load_recipe(OFFLINE, ["distill.teacher='builtin:tiny-llama'", "distill.max_new_tokens=3"])
+    run = SimpleNamespace(recipe=recipe, section=lambda name: recipe.sections[name], dir=tmp_path, log=logging.getLogger("ptrain"))
+    teacher, tokenizer = load_teacher(run)
+    run.state = {STATE: {"teacher": teacher, "teacher_tokenizer": tokenizer}}
+    prompts = [f"### Instruction:\nReverse the letters of the text.\n\n### Input:\nword{i}\n\n### Response:\n" for i in range(12)]
+    first = teacher_answers(run, prompts)
+    assert set(first) == set(prompts) and "12 to generate" in caplog.text
+    cache = tmp_path / "distill" / CACHE
     lines = cache.read_text().splitlines()
-    cache.write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:10])  # lose 5 rows, one cut mid-line
-    prompts = [json.loads(line)["prompt"] for line in lines]
-    answers = teacher_answers(run, prompts)
-    assert "5 to generate" in caplog.text
-    kept = [json.loads(line) for line in lines[:-5]]
-    assert all(answers[row["prompt"]] == row["completion"] for row in kept)
-    assert set(answers) == set(prompts)
-    reread = [json.loads(line) for line in cache.read_text().splitlines()[len(kept) + 1 :]]
-    assert {row["prompt"] for row in reread} == set(prompts[-5:])
+    assert len(lines) == 12
+    cache.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:10])  # lose 3 rows, one cut mid-line
+    second = teacher_answers(run, prompts)
+    assert "9 teacher answers cached, 3 to generate" in caplog.text
+    assert all(second[p] == first[p] for p in prompts[:9])
+    reread = [json.loads(line) for line in cache.read_text().splitlines()[10:]]
+    assert [row["prompt"] for row in reread] == prompts[9:]
+    teacher_answers(run, prompts)
+    assert "12 teacher answers cached, 0 to generate" in caplog.text
 
 
 @pytest.mark.slow
