@@ -120,7 +120,7 @@ def logit_kd_loss(
 ) -> tuple[Any, Any, Any]:
     """``α·T²·D + (1−α)·CE`` averaged over completion tokens; returns ``(loss, kd, ce)``.
 
-    ``student_logits`` ``[B, L, Vs]`` and ``teacher_logits`` ``[B, L, Vt]`` come from the same
+    The two parts come back detached, for logging. ``student_logits`` ``[B, L, Vs]`` and ``teacher_logits`` ``[B, L, Vt]`` come from the same
     input ids; ``labels`` ``[B, L]`` hold ``-100`` on prompt and padding (the mask comes from the
     labels, never from the pad id). Position ``i`` predicts token ``i + 1``. When the vocabulary
     sizes differ (padded embeddings within one family) the divergence uses the shared first
@@ -138,7 +138,7 @@ def logit_kd_loss(
     ce = torch.nn.functional.cross_entropy(student.float(), targets[mask])
     shared = min(student.shape[-1], teacher.shape[-1])
     kd = kd_divergence(student[:, :shared], teacher[:, :shared], temperature, divergence, beta).mean()
-    return alpha * temperature**2 * kd + (1 - alpha) * ce, kd, ce
+    return alpha * temperature**2 * kd + (1 - alpha) * ce, kd.detach(), ce.detach()
 
 
 def uld_loss(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
