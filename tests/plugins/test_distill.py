@@ -131,7 +131,8 @@ def test_same_tokenizer_logit_kd_student_is_close_and_faster(run_recipe, trained
     history = json.loads((run.dir / "log_history.json").read_text())
     kd = [e["kd_loss"] for e in history if "kd_loss" in e]
     assert kd and kd[-1] < kd[0] / 2, kd
-    # measured at 400 steps (2 cores): quality ratio 0.19, speedup 1.43 (2 layers instead of 4)
+    # measured: 800 steps give quality ratio 1.0 (0.5 vs 0.5 exact match) at 1.55x tokens/s; 400 steps gave 0.19
+    assert report["quality_ratio"] >= 0.8, report
     assert report["speedup"] > 1.0, report
     assert report["student"]["task_metric"] > run.metrics["base"]["task_metric"], report
     assert report["student"]["eval_loss"] < run.metrics["base"]["eval_loss"] / 2, report
