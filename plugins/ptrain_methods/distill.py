@@ -57,11 +57,12 @@ class DistillSection:
         if not self.teacher.strip():
             raise RecipeError("must name a teacher model (hub ID, directory, run directory or builtin:NAME)", key="teacher")
         if self.teacher.startswith("builtin:"):
-            from ptrain.models import BUILTIN_MODELS
+            from ptrain import models
 
-            if self.teacher.removeprefix("builtin:") not in BUILTIN_MODELS:
+            known = {*models.BUILTIN_MODELS, *getattr(models, "PRETRAINED_OFFLINE", {})}
+            if self.teacher.removeprefix("builtin:") not in known:
                 raise RecipeError(
-                    f"unknown builtin model {self.teacher!r}; available: {', '.join('builtin:' + m for m in BUILTIN_MODELS)}",
+                    f"unknown builtin model {self.teacher!r}; available: {', '.join('builtin:' + m for m in sorted(known))}",
                     key="teacher",
                 )
         elif self.teacher.startswith((".", "/", "~")) and not Path(self.teacher).expanduser().is_dir():
