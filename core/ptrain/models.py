@@ -35,6 +35,19 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
         "rms_norm_eps": 1e-5,
     },
+    "tiny-llama-small": {
+        # a smaller student with tiny-llama's tokenizer: same-vocabulary distillation in tests
+        "model_type": "llama",
+        "tokenizer": "tiny-llama",
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-5,
+    },
     "tiny-gpt2": {
         "model_type": "gpt2",
         "n_embd": 128,
@@ -65,8 +78,8 @@ def builtin_checkpoint(name: str, seed: int) -> Path:
     target = cache_dir() / "builtin" / f"{name}-seed{seed}"
     if (target / "config.json").is_file():
         return target
-    tokenizer = AutoTokenizer.from_pretrained(ASSETS / name)
     spec = dict(BUILTIN_MODELS[name])
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / spec.pop("tokenizer", name))
     config = AutoConfig.for_model(
         spec.pop("model_type"),
         vocab_size=len(tokenizer),

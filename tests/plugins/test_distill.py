@@ -1,0 +1,152 @@
+"""The distill method: validation, tokenizer detection, and end-to-end runs against the trained tiny teacher."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import RECIPES
+from ptrain import RecipeError
+from ptrain.recipe import load_recipe
+
+HEADLINE = RECIPES / "distill_tinyllama_gpt2.toml"
+OFFLINE = RECIPES / "distill_tiny_offline.toml"
+SAME = RECIPES / "distill_tiny_same_tokenizer.toml"
+
+
+def test_headline_recipe_validates_offline_without_heavy_imports():
+    code = (
+        "import sys; from ptrain.recipe import load_recipe; "
+        f"r = load_recipe({str(HEADLINE)!r}); "
+        "assert r.sections['distill'].teacher == 'TinyLlama/TinyLlama-1.1B-Chat-v1.0'; "
+        "assert r.model.name == 'gpt2-medium'; "
+        "assert (r.sections['distill'].temperature, r.sections['distill'].alpha) == (2.0, 0.5); "
+        "assert 'torch' not in sys.modules, 'validation imported torch'"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": ""}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("distill.alpha=1.5", "distill.alpha: must be in [0, 1]"),
+        ("distill.temperature=0", "distill.temperature: must be > 0"),
+        ("distill.teacher='builtin:nope'", "unknown builtin model 'builtin:nope'"),
+        ("distill.teacher='./no/such/dir'", "teacher directory './no/such/dir' not found"),
+        ("distill.mode='logits'", "distill.mode"),
+        ("distill.labeled=-5", "distill.labeled"),
+    ],
+)
+def test_section_errors(override, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(HEADLINE, [override])
+    assert message in str(err.value)
+
+
+def test_distill_and_sft_both_build_the_trainer():
+    with pytest.raises(RecipeError, match="both build the trainer"):
+        load_recipe(HEADLINE, ["methods=['distill', 'sft']"])
+
+
+def test_vocabulary_comparison():
+    from ptrain.models import ASSETS
+    from ptrain_methods.distill import same_vocabulary
+    from transformers import AutoTokenizer
+
+    llama = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
+    gpt2 = AutoTokenizer.from_pretrained(ASSETS / "tiny-gpt2")
+    assert same_vocabulary(llama, AutoTokenizer.from_pretrained(ASSETS / "tiny-llama"))
+    assert not same_vocabulary(llama, gpt2)
+
+
+def test_completion_ids_finds_the_completion_start():
+    from ptrain.models import ASSETS
+    from ptrain_methods.distill import completion_ids
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-gpt2")
+    full, start = completion_ids(tokenizer, "### Response:\n", "DLROW OLLEH")
+    assert tokenizer.decode(full[start:], skip_special_tokens=True).strip() == "DLROW OLLEH"
+    assert full[-1] == tokenizer.eos_token_id
+
+
+@pytest.mark.slow
+def test_cross_tokenizer_twin_beats_the_labeled_only_baseline(run_recipe, trained_tiny_llama, caplog):
+    """The offline twin of the headline: llama-like teacher, gpt2-like student, 300 labeled rows."""
+    from ptrain_methods.distill import CACHE
+
+    caplog.set_level("INFO", logger="ptrain")
+    run = run_recipe(OFFLINE, f"distill.teacher={trained_tiny_llama.dir}")
+    report = json.loads((run.dir / "metrics.json").read_text())["distill"]
+    assert report["mode"] == "sequence" and report["same_vocabulary"] is False
+    assert "cross-tokenizer distillation" in caplog.text
+    assert report["labeled_rows"] == 300 and report["teacher_answered_rows"] > 1000
+    for who in ("teacher", "student", "baseline"):
+        assert set(report[who]) >= {"parameters", "generation_tokens_per_s", "task_metric", "eval_loss", "memory_footprint_mb"}
+    assert report["student"]["size_on_disk_mb"] > 0 and report["teacher"]["size_on_disk_mb"] > 0
+    # measured at 300 steps (2 cores): eval loss 3.00 distilled vs 4.09 baseline, task metric 0.007 vs 0.0;
+    # the tiny gpt2-like student needs more steps for a clear task-metric margin (see the issue report)
+    assert report["student"]["eval_loss"] < report["baseline"]["eval_loss"] - 0.5, report
+    assert report["student"]["task_metric"] >= report["baseline"]["task_metric"], report
+    assert report["quality_ratio"] == pytest.approx(report["student"]["task_metric"] / report["teacher"]["task_metric"], abs=1e-3)
+
+    assert (run.dir / "distill" / CACHE).is_file()
+
+
+def test_teacher_answers_are_cached_and_resumed(tmp_path, caplog):
+    """A rerun generates only the prompts without a cached answer, even after a line cut short."""
+    import logging
+    from types import SimpleNamespace
+
+    from ptrain_methods.distill import CACHE, STATE, load_teacher, teacher_answers
+
+    caplog.set_level("INFO", logger="ptrain")
+    recipe = load_recipe(OFFLINE, ["distill.teacher='builtin:tiny-llama'", "distill.max_new_tokens=3"])
+    run = SimpleNamespace(recipe=recipe, section=lambda name: recipe.sections[name], dir=tmp_path, log=logging.getLogger("ptrain"))
+    teacher, tokenizer = load_teacher(run)
+    run.state = {STATE: {"teacher": teacher, "teacher_tokenizer": tokenizer}}
+    prompts = [f"### Instruction:\nReverse the letters of the text.\n\n### Input:\nword{i}\n\n### Response:\n" for i in range(12)]
+    first = teacher_answers(run, prompts)
+    assert set(first) == set(prompts) and "12 to generate" in caplog.text
+    cache = tmp_path / "distill" / CACHE
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 12
+    cache.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:10])  # lose 3 rows, one cut mid-line
+    second = teacher_answers(run, prompts)
+    assert "9 teacher answers cached, 3 to generate" in caplog.text
+    assert all(second[p] == first[p] for p in prompts[:9])
+    reread = [json.loads(line) for line in cache.read_text().splitlines()[10:]]
+    assert [row["prompt"] for row in reread] == prompts[9:]
+    teacher_answers(run, prompts)
+    assert "12 teacher answers cached, 0 to generate" in caplog.text
+
+
+@pytest.mark.slow
+def test_same_tokenizer_logit_kd_student_is_close_and_faster(run_recipe, trained_tiny_llama):
+    run = run_recipe(SAME, f"distill.teacher={trained_tiny_llama.dir}")
+    report = run.metrics["distill"]
+    assert report["mode"] == "logit" and report["same_vocabulary"] is True
+    assert report["student"]["parameters"] < report["teacher"]["parameters"]
+    history = json.loads((run.dir / "log_history.json").read_text())
+    kd = [e["kd_loss"] for e in history if "kd_loss" in e]
+    assert kd and kd[-1] < kd[0] / 2, kd
+    # measured: 800 steps give quality ratio 1.0 (0.5 vs 0.5 exact match) at 1.55x tokens/s; 400 steps gave 0.19
+    assert report["quality_ratio"] >= 0.8, report
+    assert report["speedup"] > 1.0, report
+    assert report["student"]["task_metric"] > run.metrics["base"]["task_metric"], report
+    assert report["student"]["eval_loss"] < run.metrics["base"]["eval_loss"] / 2, report
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_teacher_loads_quantized_frozen_and_in_eval_mode(bits):
+    from types import SimpleNamespace
+
+    from ptrain_methods.distill import load_teacher
+
+    recipe = load_recipe(OFFLINE, ["distill.teacher='builtin:tiny-llama'", f"distill.teacher_load_in='{bits}'"])
+    run = SimpleNamespace(recipe=recipe, section=lambda name: recipe.sections[name])
+    teacher, tokenizer = load_teacher(run)
+    assert getattr(teacher, f"is_loaded_in_{bits}") is True
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert len(tokenizer) == teacher.config.vocab_size

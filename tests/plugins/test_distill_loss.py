@@ -1,0 +1,100 @@
+"""The distillation losses against hand computations on small tensors."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ptrain_methods.distill import kd_divergence, logit_kd_loss, uld_loss  # noqa: E402
+
+
+def softmax(row, t):
+    exps = [math.exp(x / t) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+
+STUDENT = [
+    [[0.1, 0.2, 0.3], [1.0, -1.0, 0.5], [0.3, 0.3, 2.0], [2.0, 0.0, -2.0]],
+    [[0.5, 0.5, 0.5], [-0.2, 0.7, 0.1], [1.5, -0.5, 0.0], [9.0, 9.0, 9.0]],
+]
+TEACHER = [
+    [[0.0, 1.0, 0.0], [2.0, -2.0, 0.0], [0.0, 0.5, 3.0], [-1.0, 3.0, 1.0]],
+    [[1.0, 0.0, -1.0], [0.3, 1.2, -0.4], [2.5, -1.0, 0.2], [-9.0, 9.0, -9.0]],
+]
+# prompt at position 0 (and 1 in row 0), padding at the end of row 1: -100 everywhere but completions
+LABELS = [[-100, -100, 2, 0], [-100, 1, 0, -100]]
+
+
+def hand_loss(temperature, alpha, teacher_vocab_extra=0):
+    """Position i predicts label i+1: valid predicting positions are (0,1), (0,2), (1,0), (1,1)."""
+    positions = [(b, i) for b in range(2) for i in range(3) if LABELS[b][i + 1] != -100]
+    assert positions == [(0, 1), (0, 2), (1, 0), (1, 1)]
+    kds, ces = [], []
+    for b, i in positions:
+        s, t = STUDENT[b][i], TEACHER[b][i]
+        kds.append(kl(softmax(t, temperature), softmax(s, temperature)))
+        ces.append(-math.log(softmax(s, 1.0)[LABELS[b][i + 1]]))
+    kd, ce = sum(kds) / len(kds), sum(ces) / len(ces)
+    return alpha * temperature**2 * kd + (1 - alpha) * ce, kd, ce
+
+
+@pytest.mark.parametrize("temperature,alpha", [(2.0, 0.5), (1.0, 0.3), (4.0, 1.0)])
+def test_logit_kd_matches_hand_computation(temperature, alpha):
+    loss, kd, ce = logit_kd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS), temperature, alpha)
+    want, want_kd, want_ce = hand_loss(temperature, alpha)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    assert kd.item() == pytest.approx(want_kd, rel=1e-5)
+    assert ce.item() == pytest.approx(want_ce, rel=1e-5)
+
+
+def test_masked_positions_do_not_matter():
+    """Changing logits at prompt, padding and the last position (predicts nothing) leaves the loss unchanged."""
+    student, teacher = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    base = logit_kd_loss(student, teacher, torch.tensor(LABELS))[0]
+    noisy_s, noisy_t = student.clone(), teacher.clone()
+    for b, i in [(0, 0), (0, 3), (1, 2), (1, 3)]:
+        noisy_s[b, i] += torch.tensor([5.0, -3.0, 1.0])
+        noisy_t[b, i] -= torch.tensor([2.0, 4.0, -1.0])
+    assert logit_kd_loss(noisy_s, noisy_t, torch.tensor(LABELS))[0].item() == pytest.approx(base.item(), rel=1e-6)
+
+
+def test_per_token_average_not_per_sequence():
+    """Row 0 has 2 completion tokens, row 1 has 2; dropping one token of row 1 reweights the mean per token."""
+    labels = [[-100, -100, 2, 0], [-100, 1, -100, -100]]
+    _, kd, _ = logit_kd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(labels), 2.0, 0.5)
+    parts = [kl(softmax(TEACHER[b][i], 2.0), softmax(STUDENT[b][i], 2.0)) for b, i in [(0, 1), (0, 2), (1, 0)]]
+    assert kd.item() == pytest.approx(sum(parts) / 3, rel=1e-5)
+
+
+def test_vocab_sliced_to_the_shared_part():
+    """A teacher with two padded vocabulary entries: the divergence uses the first three only."""
+    teacher = torch.cat([torch.tensor(TEACHER), torch.full((2, 4, 2), -1e4)], dim=-1)
+    loss = logit_kd_loss(torch.tensor(STUDENT), teacher, torch.tensor(LABELS), 2.0, 0.5)[0]
+    assert loss.item() == pytest.approx(hand_loss(2.0, 0.5)[0], rel=1e-5)
+
+
+def test_divergences():
+    s, t = torch.tensor([[0.2, 1.0, -0.5]]), torch.tensor([[1.0, 0.0, 0.3]])
+    ps, pt = softmax(s[0].tolist(), 2.0), softmax(t[0].tolist(), 2.0)
+    assert kd_divergence(s, t, 2.0, "forward_kl").item() == pytest.approx(kl(pt, ps), rel=1e-5)
+    assert kd_divergence(s, t, 2.0, "reverse_kl").item() == pytest.approx(kl(ps, pt), rel=1e-5)
+    m = [0.3 * a + 0.7 * b for a, b in zip(pt, ps, strict=True)]
+    assert kd_divergence(s, t, 2.0, "jsd", beta=0.3).item() == pytest.approx(0.3 * kl(pt, m) + 0.7 * kl(ps, m), rel=1e-5)
+    assert kd_divergence(s, s, 2.0, "jsd").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_uld_sorts_and_pads_vocabularies():
+    student = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [3.0, 0.0, 0.0]])  # 3 positions, vocab 3
+    teacher = torch.tensor([[2.0, 0.0, 1.0, -50.0], [0.0, 0.0, 0.0, 0.0]])  # 2 positions, vocab 4
+    got = uld_loss(student, teacher, 1.0)
+    assert got.shape == (2,)
+    # position 0: the same three probabilities in another order (+ a ~0 one): nearly no loss
+    assert got[0].item() == pytest.approx(0.0, abs=1e-6)
+    # position 1: uniform over 3 vs uniform over 4 -> |1/3-1/4| * 3 + 1/4
+    assert got[1].item() == pytest.approx(3 * (1 / 3 - 1 / 4) + 1 / 4, rel=1e-5)
