@@ -410,8 +410,9 @@ def completion_ids(tokenizer: Any, prompt: str, completion: str) -> tuple[list[i
 
 @hookimpl
 def build_trainer(run: Run) -> Any:
-    from ptrain.training import training_arguments
     from trl import SFTConfig
+
+    from ptrain.training import training_arguments
 
     section: DistillSection = run.section("distill")
     state = run.state[STATE]
@@ -449,11 +450,12 @@ def build_trainer(run: Run) -> Any:
 
 def train_baseline(run: Run) -> tuple[Any, Any]:
     """The same student, loaded afresh, trained with plain SFT on the labeled rows alone, same steps."""
-    from ptrain.data import to_dataset
-    from ptrain.training import progress_callback, training_arguments
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
+
+    from ptrain.data import to_dataset
+    from ptrain.training import progress_callback, training_arguments
 
     state = run.state[STATE]
     labeled = state["labeled_rows"]
@@ -490,6 +492,7 @@ def train_baseline(run: Run) -> tuple[Any, Any]:
 def measure(run: Run, model: Any, tokenizer: Any) -> dict[str, Any]:
     """The numbers compared between teacher, student and baseline, measured the same way for each."""
     import torch
+
     from ptrain.evaluation import completion_loss, generate, task_scores
 
     section = run.recipe.eval

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import RECIPES
 from ptrain import RecipeError
 from ptrain.recipe import load_recipe
@@ -50,9 +51,10 @@ def test_distill_and_sft_both_build_the_trainer():
 
 
 def test_vocabulary_comparison():
+    from transformers import AutoTokenizer
+
     from ptrain.models import ASSETS
     from ptrain_methods.distill import same_vocabulary
-    from transformers import AutoTokenizer
 
     llama = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
     gpt2 = AutoTokenizer.from_pretrained(ASSETS / "tiny-gpt2")
@@ -61,9 +63,10 @@ def test_vocabulary_comparison():
 
 
 def test_completion_ids_finds_the_completion_start():
+    from transformers import AutoTokenizer
+
     from ptrain.models import ASSETS
     from ptrain_methods.distill import completion_ids
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-gpt2")
     full, start = completion_ids(tokenizer, "### Response:\n", "DLROW OLLEH")
