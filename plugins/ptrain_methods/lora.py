@@ -138,7 +138,6 @@ def load_model(run: Run) -> Any:
 def merged_model(run: Run, adapter_dir: Path) -> Any:
     """The saved adapter merged into a fresh, unquantized copy of the base at the recipe's dtype."""
     from peft import PeftModel
-
     from ptrain.models import load_model as load_base
 
     extra = {k: v for k, v in run.model_kwargs.items() if k not in ("quantization_config", "device_map")}

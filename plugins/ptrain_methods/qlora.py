@@ -54,9 +54,8 @@ def check_composition(run: Run) -> None:
 
 
 def quantization_config(run: Run) -> Any:
-    from transformers import BitsAndBytesConfig
-
     from ptrain.models import resolve_dtype
+    from transformers import BitsAndBytesConfig
 
     section: QLoraSection = run.section("qlora")
     dtype = run.recipe.model.dtype if section.compute_dtype == "auto" else section.compute_dtype
