@@ -75,14 +75,13 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
         RECIPES / "lora_tiny.toml",
         f"model.name={json.dumps(str(base_dir))}",
         "train.max_steps=120",
-        "train.learning_rate=1e-3",
+        "train.learning_rate=1e-2",  # 1e-3 left the task metric flat (0.54 -> 0.53)
         "eval.max_samples=100",
         "output.plots=false",
     )
     lora = run.metrics["lora"]
     assert 0 < lora["trainable_parameters"] < 0.05 * lora["total_parameters"]
     assert lora["trainable_percent"] < 5
-    assert run.metrics["final"]["task_metric"] > run.metrics["base"]["task_metric"]
     final = run.metrics["final"]
     assert 0 < final["adapter_size_mb"] < 0.2 * final["model_size_mb"]
     assert run.metrics["train"]["peak_memory_mb"] > 0 and run.metrics["train"]["tokens_per_s"] > 0
@@ -103,6 +102,7 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
     assert run.artifacts == {"adapter": str(adapter_dir), "model": str(run.dir / "model")}
     assert not (run.dir / "model" / "adapter_config.json").exists()
     assert merged.dtype == torch.float32
+    assert run.metrics["final"]["task_metric"] > run.metrics["base"]["task_metric"]
 
 
 @pytest.mark.slow
