@@ -367,12 +367,31 @@ def _evaluate(run: Run, stage: str) -> None:
     artifacts.write_json(run.dir / "metrics.json", run.metrics)
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak for :func:`peak_memory_mb` (CUDA peak stats; on Linux the process's VmHWM)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process's lifetime peak
+
+
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB, since the last reset."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -398,6 +417,7 @@ def _train(run: Run) -> None:
     elif checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     run.state["core.training_started"] = True
+    reset_peak_memory()
     started = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
