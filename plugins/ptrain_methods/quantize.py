@@ -272,7 +272,7 @@ def quantize_and_measure(run: Run, section: QuantizeSection, source: str) -> lis
         text = _perplexity_text(run, section, tokenizer)
         prompts = list(run.eval_dataset)[: run.recipe.eval.max_samples] if run.eval_dataset is not None else []
         reference_dtype = resolve_dtype(run.recipe.model.dtype)
-        models = {UNQUANTIZED: (source, {"dtype": reference_dtype})}
+        models = {UNQUANTIZED: (source, {"dtype": reference_dtype, "device_map": _device()})}
         models.update({v: (str(run.dir / "quantized" / v), {"dtype": dtype, "device_map": _device()}) for v in section.variants})
         rows: dict[str, dict[str, Any]] = {}
         for name, (location, kwargs) in models.items():

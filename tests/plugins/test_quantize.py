@@ -103,7 +103,7 @@ def test_missing_bitsandbytes_is_a_recipe_error_naming_the_variant(monkeypatch):
         load_recipe_dict(quantize_recipe("builtin:tiny-llama", variants=["nf4"]))
 
 
-def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch):
+def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch, run_recipe, tmp_path):
     import bitsandbytes as bnb
     from ptrain_methods.quantize import QuantizeSection, probe
 
@@ -111,8 +111,10 @@ def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch)
         raise RuntimeError("no 4-bit kernel for this backend")
 
     monkeypatch.setattr(bnb.nn, "Linear4bit", unsupported)
-    with pytest.raises(UsageError, match=r"variant 'fp4-dq' does not run on this machine \(cpu, bitsandbytes .*no 4-bit kernel.*remove 'fp4-dq' from quantize.variants"):
-        probe("fp4-dq", QuantizeSection(variants=["fp4-dq"]))
+    expected = r"variant 'fp4-dq' does not run on this machine \(cpu, bitsandbytes .*no 4-bit kernel.*remove 'fp4-dq' from quantize.variants"
+    with pytest.raises(UsageError, match=expected):
+        run_recipe(quantize_recipe("builtin:tiny-llama", variants=["int8", "fp4-dq"]), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "quantized").exists() and "metrics.json" not in {p.name for p in (tmp_path / "run").iterdir()}
     probe("int8", QuantizeSection())  # the real backend runs INT8 here
 
 
