@@ -31,7 +31,7 @@ for variant in sys.argv[3:]:
         correct += text == row["output"]
     result[variant] = {
         "linear": type(model.model.layers[0].mlp.down_proj).__name__,
-        "quant_method": model.config.quantization_config["quant_method"],
+        "quant_method": model.config.to_dict()["quantization_config"]["quant_method"],
         "exact_match": correct / len(rows),
     }
 print(json.dumps(result))
