@@ -66,7 +66,8 @@ def _generations(model, tokenizer, run):
 
 @pytest.mark.slow
 def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
-    """LoRA on the SFT-trained tiny llama: < 5 % trainable, better task metric, identical reloads."""
+    """LoRA adapts the SFT-trained tiny llama to a prompt format it has never seen (its tokenizer's
+    chat template): < 5 % trainable, task metric from ~0 to well above, identical reloads."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -76,7 +77,8 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
         RECIPES / "lora_tiny.toml",
         f"model.name={json.dumps(str(base_dir))}",
         "train.max_steps=120",
-        "train.learning_rate=1e-2",  # 1e-3 left the task metric flat (0.54 -> 0.53)
+        "train.learning_rate=1e-2",
+        "data.chat=true",  # measured: base 0.0 -> 0.35 after 120 steps
         "eval.max_samples=100",
         "output.plots=false",
     )
@@ -103,7 +105,7 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
     assert run.artifacts == {"adapter": str(adapter_dir), "model": str(run.dir / "model")}
     assert not (run.dir / "model" / "adapter_config.json").exists()
     assert merged.dtype == torch.float32
-    assert run.metrics["final"]["task_metric"] > run.metrics["base"]["task_metric"]
+    assert run.metrics["final"]["task_metric"] >= run.metrics["base"]["task_metric"] + 0.15
 
 
 @pytest.mark.slow
