@@ -93,7 +93,7 @@ def _count(n: int) -> str:
 def _base_final(run: RunSummary, key: str) -> str:
     base, final = run.get("base", key), run.get("final", key)
     if final is None:
-        return _num(base)
+        return f"{_num(base)} → " if base is not None else ""
     return f"{_num(base)} → {_num(final)}" if base is not None else _num(final)
 
 

@@ -46,23 +46,25 @@ ANSWERS: dict[str, str] = {
     "hash": "### Response:\n",
     "plain": "Response:\n",
     "chatml": "<|im_end|>\n<|im_start|>assistant\n",
-    "answer": "Answer: ",
+    "answer": "Answer:\n",
     "output": "Output:\n",
-    "reply": "Reply: ",
+    "reply": "Reply:\n",
     "result": "Result:\n",
-    "solution": "Solution: ",
+    "solution": "Solution:\n",
 }
-"""Name -> the text that ends the prompt, right before the answer."""
+"""Name -> the text that ends the prompt, right before the answer. None ends in a space: most
+tokenizers merge a trailing space into the answer's first token, so a prompt ending in one is
+tokenized differently in training (prompt + answer) than at inference (prompt alone)."""
 SEPARATORS: dict[str, str] = {"blank": "\n\n", "newline": "\n", "space": " "}
 PRIMARY = "hash/hash/blank"
 """The Alpaca template, the core's default rendering: always in the training pool."""
 HELDOUT = (
     "hash/hash/newline",  # the primary template with single newlines: the nearest variation
-    "plain/chatml/blank",
     "chatml/answer/newline",
     "task/plain/space",
     "question/output/blank",
     "alpaca/reply/newline",
+    "prompt/solution/blank",
 )
 """Built-in combinations never used in training, evaluated for robustness. Every part of them
 appears in many training templates; only the combinations are new."""

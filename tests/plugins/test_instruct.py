@@ -31,6 +31,8 @@ def test_builtin_pool_is_compositional_with_a_fixed_heldout_set():
         assert any(t.startswith(prefix + "/") for t in train)
         assert any(t.split("/")[1] == answer for t in train)
         assert any(t.endswith("/" + sep) for t in train)
+    # a prompt ending in a space tokenizes differently alone than joined to its answer
+    assert not any(marker.endswith(" ") for marker in instruct.ANSWERS.values())
     # the three styles of the source material are in the pool; the primary one is the core's default
     assert pool[instruct.PRIMARY].text == ALPACA_TEMPLATE
     assert pool["plain/plain/newline"].render("Do it.", "x") == "Instruction:\nDo it.\nInput:\nx\nResponse:\n"
