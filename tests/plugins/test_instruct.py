@@ -98,7 +98,7 @@ def test_prepare_data_wrapper_rerenders_only_training_rows(tmp_path):
 
 # ------------------------------------------------------------------ end to end: the claim of the issue
 
-SHORT = ("train.max_steps=300", "eval.base=false", "data.eval_size=40", "eval.max_samples=40", "train.logging_steps=10")
+SHORT = ("train.max_steps=400", "eval.base=false", "data.eval_size=40", "eval.max_samples=40", "train.logging_steps=10")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_randomized_templates_are_more_robust_on_heldout_templates(single_and_ra
     for run in (single, randomized):
         saved = json.loads((run.dir / "metrics.json").read_text())
         assert saved["final"]["templates_by_template"]["heldout"].keys() == set(instruct.HELDOUT)
-        assert saved["train"]["steps"] == 300
+        assert saved["train"]["steps"] == 400
     s, r = single.metrics["final"], randomized.metrics["final"]
     print(f"held-out mean {s['templates_heldout_mean']} -> {r['templates_heldout_mean']}, "
           f"spread {s['templates_heldout_spread']} -> {r['templates_heldout_spread']}")
