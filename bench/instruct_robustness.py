@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/instruct_bench")
     args = parser.parse_args()
     overrides = (
-        f"train.max_steps={args.steps}", "eval.base=false", "data.eval_size=40", "eval.max_samples=40",
+        f"train.max_steps={args.steps}", "eval.base=false", f"data.eval_size={max(40, args.eval_rows)}", "eval.max_samples=40",
         "train.logging_steps=10", f"instruct.eval_rows={args.eval_rows}",
     )
     dirs = []
