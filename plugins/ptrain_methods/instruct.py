@@ -7,13 +7,14 @@ instruction prefix, one answer marker and one separator (8 x 8 x 3 = 192 templat
 the ``### Instruction:/### Response:``, ``Instruction:/Response:`` and ChatML
 ``<|im_start|>user … <|im_start|>assistant`` styles and their mixtures. Six combinations
 (:data:`HELDOUT`) are never trained on; evaluation scores the model on them and on templates
-seen in training, so the gain in robustness is measured rather than assumed. (Measured on tiny
-random-init models: held-out templates that recombine seen parts are learnable, wholly new
-styles are not; see /work/shared/NOTES.md.)
+seen in training, so the gain in robustness is measured rather than assumed. Tiny random-init
+models can learn held-out templates that recombine seen parts, not wholly new styles; hence the
+compositional pool.
 
 The method only wraps ``prepare_data`` and adds an ``evaluate`` hook: it composes with any
 trainer-building method (``sft``) and any model adapter (``lora``, ``qlora``) without either
-side knowing about the other.
+side knowing about the other. Rows from chat ``messages`` data are re-rendered from their last
+user turn, so use the method with instruction data (alpaca, dolly, prompt/completion, tasks).
 """
 
 from __future__ import annotations
