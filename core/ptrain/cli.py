@@ -37,6 +37,7 @@ def cli() -> None:
     ptrain validate RECIPE                check a recipe without running it
     ptrain list                           installed methods
     ptrain new-plugin NAME                scaffold a method package
+    ptrain compare runs/a runs/b          compare finished runs side by side
     """
 
 
@@ -214,6 +215,29 @@ def new_plugin(name: str, directory: str | None) -> None:
     except UsageError as err:
         fail_usage(err)
     console.print(f"[green]created[/] {target}: pip install -e {target} && ptrain list")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--output", "-o", type=click.Path(file_okay=False), help="Where to write compare.md and compare.png (default: the first run's parent)."
+)
+def compare(run_dirs: tuple[str, ...], output: str | None) -> None:
+    """Compare finished runs (their metrics.json) side by side: a table, Markdown and a PNG chart."""
+    from ptrain.compare import compare as compare_runs
+
+    try:
+        header, rows, md, png = compare_runs(list(run_dirs), output)
+    except UsageError as err:
+        fail_usage(err)
+    table = Table(title="runs compared")
+    table.add_column(header[0])
+    for label in header[1:]:
+        table.add_column(label, justify="right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"written: [bold]{md}[/], [bold]{png}[/]")
 
 
 def main() -> None:

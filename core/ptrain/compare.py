@@ -1,0 +1,213 @@
+"""Comparing finished runs side by side: ``ptrain compare RUN_DIR...``.
+
+Reads each run directory's ``metrics.json`` and ``recipe.resolved.toml`` (nothing heavy), and
+builds one table of rows (what is measured) by columns (the runs). A run that lacks a
+measurement (no training, no robustness evaluation) gets a blank cell, never an error. The same
+table is printed with rich, written as Markdown and drawn as a PNG bar chart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptrain.errors import UsageError
+
+
+@dataclass
+class RunSummary:
+    """What ``compare`` knows about one run directory."""
+
+    label: str
+    dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, *path: str) -> Any:
+        node: Any = self.metrics
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+
+def read_run(path: str | Path) -> RunSummary:
+    """A run directory's metrics and resolved recipe; a UsageError if it holds neither."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a run directory; give directories written by `ptrain run`")
+    summary = RunSummary(label=folder.name, dir=folder)
+    metrics_file, recipe_file = folder / "metrics.json", folder / "recipe.resolved.toml"
+    if not metrics_file.is_file() and not recipe_file.is_file():
+        raise UsageError(f"{folder}: no metrics.json or recipe.resolved.toml; is it a directory written by `ptrain run`?")
+    try:
+        if metrics_file.is_file():
+            summary.metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        if recipe_file.is_file():
+            summary.recipe = tomllib.loads(recipe_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{folder}: cannot read its metrics or recipe ({err})") from None
+    summary.label = summary.recipe.get("name") or folder.name
+    return summary
+
+
+def _unique_labels(runs: list[RunSummary]) -> None:
+    labels = [r.label for r in runs]
+    for run in runs:
+        if labels.count(run.label) > 1:
+            run.label = f"{run.label} ({run.dir})"
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _params(run: RunSummary) -> str:
+    total, trainable = run.get("train", "parameters"), run.get("train", "trainable_parameters")
+    if total is None:
+        return ""
+    text = _count(total)
+    if trainable is not None:
+        text += f" / {_count(trainable)} ({100 * trainable / total:.3g} %)" if total else ""
+    return text
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _base_final(run: RunSummary, key: str) -> str:
+    base, final = run.get("base", key), run.get("final", key)
+    if final is None:
+        return f"{_num(base)} → " if base is not None else ""
+    return f"{_num(base)} → {_num(final)}" if base is not None else _num(final)
+
+
+def _sizes(run: RunSummary) -> str:
+    final = run.get("final") or {}
+    sizes = {k.removesuffix("_size_mb"): v for k, v in final.items() if k.endswith("_size_mb") and isinstance(v, (int, float))}
+    if list(sizes) == ["model"]:
+        return _num(sizes["model"])
+    return ", ".join(f"{k} {_num(v)}" for k, v in sizes.items())
+
+
+def _methods(run: RunSummary) -> str:
+    methods = run.recipe.get("methods") or run.get("run", "methods") or []
+    return ", ".join(methods)
+
+
+ROWS: list[tuple[str, Callable[[RunSummary], str]]] = [
+    ("methods", _methods),
+    ("model", lambda r: str((r.recipe.get("model") or {}).get("name", ""))),
+    ("parameters total / trainable", _params),
+    ("training steps", lambda r: _num(r.get("train", "steps"))),
+    ("training time (s)", lambda r: _num(r.get("train", "train_time_s"))),
+    ("peak training memory (MiB)", lambda r: _num(r.get("train", "peak_memory_mb"))),
+    ("size on disk (MiB)", _sizes),
+    ("eval loss", lambda r: _num(r.get("final", "eval_loss"))),
+    ("perplexity", lambda r: _num(r.get("final", "perplexity"))),
+    ("task metric (base → final)", lambda r: _base_final(r, "task_metric")),
+    ("seen templates: mean", lambda r: _num(r.get("final", "templates_seen_mean"))),
+    ("seen templates: worst", lambda r: _num(r.get("final", "templates_seen_worst"))),
+    ("seen templates: spread", lambda r: _num(r.get("final", "templates_seen_spread"))),
+    ("held-out templates: mean", lambda r: _num(r.get("final", "templates_heldout_mean"))),
+    ("held-out templates: worst", lambda r: _num(r.get("final", "templates_heldout_worst"))),
+    ("held-out templates: spread", lambda r: _num(r.get("final", "templates_heldout_spread"))),
+]
+"""Row label -> how to read it from a run. Rows blank for every run are left out."""
+
+CHART: list[tuple[str, tuple[str, ...]]] = [
+    ("task metric", ("final", "task_metric")),
+    ("seen templates mean", ("final", "templates_seen_mean")),
+    ("held-out mean", ("final", "templates_heldout_mean")),
+    ("held-out worst", ("final", "templates_heldout_worst")),
+    ("held-out spread", ("final", "templates_heldout_spread")),
+]
+"""Bars of the chart's quality panel (all in [0, 1])."""
+
+
+def table(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)``: one column per run, one row per measurement that any run has."""
+    header = ["", *(r.label for r in runs)]
+    rows = []
+    for label, read in ROWS:
+        cells = [read(r) for r in runs]
+        if any(cells):
+            rows.append([label, *cells])
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |", *map(line, rows)]) + "\n"
+
+
+def chart(runs: list[RunSummary], path: Path) -> Path:
+    """A PNG: task metric and template robustness per run (left), perplexity per run (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (quality, ppl) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, gridspec_kw={"width_ratios": [3, 1]})
+    metrics = [(name, key) for name, key in CHART if any(r.get(*key) is not None for r in runs)]
+    width = 0.8 / max(len(runs), 1)
+    for i, run in enumerate(runs):
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(metrics))]
+        values = [run.get(*key) or 0.0 for _, key in metrics]
+        bars = quality.bar(xs, values, width, label=run.label)
+        quality.bar_label(bars, labels=[_num(run.get(*key), 2) for _, key in metrics], fontsize=7, padding=1)
+    quality.set_xticks(range(len(metrics)), [name for name, _ in metrics], fontsize=8)
+    quality.set_ylim(0, 1.05)
+    quality.set_ylabel("score")
+    quality.set_title("task metric and template robustness (final)")
+    quality.grid(axis="y", alpha=0.3)
+    if runs:
+        quality.legend(fontsize=8)
+    perplexities = [run.get("final", "perplexity") for run in runs]
+    ppl.bar(range(len(runs)), [p or 0.0 for p in perplexities], color=[f"C{i}" for i in range(len(runs))])
+    ppl.set_xticks(range(len(runs)), [run.label for run in runs], rotation=20, ha="right", fontsize=8)
+    ppl.set_title("eval perplexity (final)")
+    ppl.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(partial)
+    plt.close(fig)
+    os.replace(partial, path)
+    return path
+
+
+def compare(run_dirs: list[str], output: str | Path | None = None) -> tuple[list[str], list[list[str]], Path, Path]:
+    """Read the runs, write ``compare.md`` and ``compare.png`` into ``output``; return the table and paths.
+
+    ``output`` defaults to the directory holding the first run (usually ``runs/``).
+    """
+    from ptrain import artifacts
+
+    if not run_dirs:
+        raise UsageError("give at least one run directory, e.g. ptrain compare runs/sft_tiny runs/instruct_tiny")
+    runs = [read_run(d) for d in run_dirs]
+    _unique_labels(runs)
+    header, rows = table(runs)
+    folder = Path(output) if output is not None else runs[0].dir.resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    md = folder / "compare.md"
+    artifacts.write_text(md, f"# Runs compared\n\n{markdown(header, rows)}\nRuns: {', '.join(str(r.dir) for r in runs)}\n")
+    png = chart(runs, folder / "compare.png")
+    return header, rows, md, png
