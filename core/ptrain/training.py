@@ -106,6 +106,9 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         **precision_flags(train.precision),
         **distributed_arguments(run),
     }
+    if "tensorboard" in train.report_to:
+        # transformers >= 5 reads the TensorBoard directory from the environment, not from the arguments
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.dir / "logs")
     names = {f.name for f in dataclasses.fields(cls)}
     if "activation_checkpointing" in names:  # transformers >= 5.x renamed it; TRL configs still default the old name to True
         kwargs["activation_checkpointing"] = kwargs["gradient_checkpointing"]

@@ -68,8 +68,8 @@ def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
         assert str(run.dir / "quantized" / variant) in metrics["artifacts"]
         assert math.isfinite(row["perplexity_increase_pct"])
         assert row["perplexity_increase_pct"] == pytest.approx(100 * (row["perplexity"] / reference["perplexity"] - 1), abs=0.01)
-        # a trained model's perplexity is a few units (a random one's ~ the vocabulary): quantization keeps it
-        assert row["perplexity"] < 1.25 * reference["perplexity"] < 20
+        # quantization keeps the trained model's perplexity (measured over prompts and answers alike)
+        assert row["perplexity"] < 1.25 * reference["perplexity"]
         assert row["task_metric"] >= reference["task_metric"] - 0.2
         assert row["disk_mb"] < reference["disk_mb"] and row["generation_tokens_per_s"] > 0
     assert abs(rows["int8"]["perplexity_increase_pct"]) < 5
@@ -116,7 +116,7 @@ def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch,
     expected = r"variant 'fp4-dq' does not run on this machine \(cpu, bitsandbytes .*no 4-bit kernel.*remove 'fp4-dq' from quantize.variants"
     with pytest.raises(UsageError, match=expected):
         run_recipe(quantize_recipe("builtin:tiny-llama", variants=["int8", "fp4-dq"]), output_dir=tmp_path / "run")
-    assert not (tmp_path / "run" / "quantized").exists() and "metrics.json" not in {p.name for p in (tmp_path / "run").iterdir()}
+    assert not (tmp_path / "run").exists()  # a run that fails on a usage error leaves no half-made directory
     probe("int8", QuantizeSection())  # the real backend runs INT8 here
 
 
