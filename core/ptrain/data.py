@@ -30,9 +30,9 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 def check_local_files(section: DataSection) -> None:
     """Parse the local data files the recipe names, so that a broken file stops the run before a model loads."""
-    for source in (section.source, section.eval_source):
+    for key, source in (("data.source", section.source), ("data.eval_source", section.eval_source)):
         if source and not source.startswith("builtin:") and is_local(source):
-            read_rows(source, section.split)
+            read_rows(source, section.split, key)
 
 
 def is_local(source: str) -> bool:
@@ -43,7 +43,7 @@ def is_local(source: str) -> bool:
         return True
 
 
-def read_rows(source: str, split: str = "train") -> list[tuple[str, dict[str, Any]]]:
+def read_rows(source: str, split: str = "train", key: str = "data.source") -> list[tuple[str, dict[str, Any]]]:
     """``[(where, row)]`` from a local file or a hub dataset; ``where`` is e.g. ``data.jsonl: line 7``."""
     if is_local(source):
         try:
@@ -52,7 +52,7 @@ def read_rows(source: str, split: str = "train") -> list[tuple[str, dict[str, An
         except (OSError, ValueError, RuntimeError):
             found = False
         if not found:
-            raise DataError(f"{source!r}: data file not found; check data.source")
+            raise DataError(f"{source!r}: data file not found; check {key}")
         return _read_local(path)
     return _read_hub(source, split)
 
@@ -265,9 +265,9 @@ def load_rows(section: DataSection, seed: int, tokenizer: Any = None) -> tuple[l
             train, evaluation = tasks.preference_pairs(train, seed), tasks.preference_pairs(evaluation, seed + 1)
         fmt = "alpaca"
     else:
-        fmt, train = _load_source(section.source, section, tokenizer)
+        fmt, train = _load_source(section.source, section, tokenizer, "data.source")
         if section.eval_source:
-            _, evaluation = _load_source(section.eval_source, section, tokenizer)
+            _, evaluation = _load_source(section.eval_source, section, tokenizer, "data.eval_source")
         else:
             if section.eval_size >= len(train):
                 raise DataError(
@@ -291,8 +291,8 @@ def load_rows(section: DataSection, seed: int, tokenizer: Any = None) -> tuple[l
     return train, evaluation
 
 
-def _load_source(source: str, section: DataSection, tokenizer: Any) -> tuple[str, list[dict[str, str]]]:
-    raw = read_rows(source, section.split)
+def _load_source(source: str, section: DataSection, tokenizer: Any, key: str) -> tuple[str, list[dict[str, str]]]:
+    raw = read_rows(source, section.split, key)
     mapping = {v: k for k, v in section.columns.items()}  # source column -> format column
     renamed = [(where, {mapping.get(k, k): v for k, v in row.items()}) for where, row in raw]
     missing = [v for v in section.columns.values() if v not in raw[0][1]]

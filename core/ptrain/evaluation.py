@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,15 +82,11 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
-def completion_loss(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    completions: Sequence[str],
-    batch_size: int = 16,
-    max_length: int = 512,
-) -> float:
-    """Mean negative log-likelihood per completion token (EOS included), as the SFT trainer computes it."""
+def _completion_batches(
+    model: Any, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], batch_size: int, max_length: int
+) -> Iterator[tuple[Any, Any]]:
+    """Yield ``(logits, labels)`` per batch of prompt + completion + EOS, tokenized as the SFT trainer
+    does; both are shifted so ``logits[:, t]`` predicts ``labels[:, t]``, which is -100 outside the completion."""
     import torch
 
     eos = tokenizer.eos_token or ""
@@ -100,8 +96,7 @@ def completion_loss(
         full_text = prompt + completion
         full_ids = tokenizer(full_text if full_text.endswith(eos) else full_text + eos)["input_ids"][:max_length]
         start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b), min(len(prompt_ids), len(full_ids)))
-        sequences.append((full_ids, start))
-    total, count = 0.0, 0
+        sequences.append((full_ids, max(start, 1)))  # the first token is never predicted
     device = _device(model)
     with _eval_mode(model):
         for i in range(0, len(sequences), batch_size):
@@ -115,11 +110,25 @@ def completion_loss(
                 attention[row, : len(ids)] = 1
                 labels[row, start : len(ids)] = torch.tensor(ids[start:])
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-            shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
-            shift_labels = labels[:, 1:].reshape(-1).to(device)
-            losses = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-            total += losses.item()
-            count += int((shift_labels != -100).sum())
+            yield logits[:, :-1], labels[:, 1:].to(device)
+
+
+def completion_loss(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> float:
+    """Mean negative log-likelihood per completion token (EOS included), as the SFT trainer computes it."""
+    import torch
+
+    total, count = 0.0, 0
+    for logits, labels in _completion_batches(model, tokenizer, prompts, completions, batch_size, max_length):
+        flat = labels.reshape(-1)
+        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), flat, ignore_index=-100, reduction="sum").item()
+        count += int((flat != -100).sum())
     return total / max(count, 1)
 
 
@@ -138,33 +147,11 @@ def completion_logprobs(
     """
     import torch
 
-    eos = tokenizer.eos_token or ""
-    sequences = []
-    for prompt, completion in zip(prompts, completions, strict=True):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        full_text = prompt + completion
-        full_ids = tokenizer(full_text if full_text.endswith(eos) else full_text + eos)["input_ids"][:max_length]
-        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b), min(len(prompt_ids), len(full_ids)))
-        sequences.append((full_ids, max(start, 1)))
     results: list[float] = []
-    device = _device(model)
-    with _eval_mode(model):
-        for i in range(0, len(sequences), batch_size):
-            batch = sequences[i : i + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, (ids, start) in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-                labels[row, start : len(ids)] = torch.tensor(ids[start:])
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-            shift_labels = labels[:, 1:].to(device)
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            mask = shift_labels != -100
-            picked = logprobs.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            results.extend((picked * mask).sum(dim=1).tolist())
+    for logits, labels in _completion_batches(model, tokenizer, prompts, completions, batch_size, max_length):
+        mask = labels != -100
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        results.extend((picked * mask).sum(dim=1).tolist())
     return results
 
 
