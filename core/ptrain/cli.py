@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -51,26 +52,79 @@ def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable).")
-@click.option("--output-dir", type=click.Path(file_okay=False), help="Run directory (default runs/<recipe name>).")
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable; applies to every recipe).")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Run directory (default runs/<recipe name>; one recipe only).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
+@click.option("--skip-done", is_flag=True, help="Skip a recipe whose run directory already holds a finished run of the same recipe.")
+@click.option(
+    "--compare", "compare_dir", type=click.Path(file_okay=False),
+    help="After the runs, compare them (table, compare.md, compare.png) into this directory.",
+)
 @click.option(
     "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
     help="Processes to train with on this machine (data parallel through torchrun; see docs/distributed.md).",
 )
 def run(
-    recipe: str, overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool, nproc: int
+    recipes: tuple[str, ...], overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool,
+    skip_done: bool, compare_dir: str | None, nproc: int,
 ) -> None:
-    """Run RECIPE: load, train, evaluate and export as its methods say."""
-    loaded = _load(recipe, overrides)
+    """Run RECIPES in order: load, train, evaluate and export as their methods say.
+
+    Several recipes make a pipeline: a later recipe can use an earlier run's output (for example
+    distill.teacher = "runs/teacher" or model.name = "runs/teacher/model"). The first failure stops it.
+    """
+    if output_dir and len(recipes) > 1:
+        fail_usage(UsageError("--output-dir names one run directory; with several recipes set output.dir in each, or leave it out"))
+    if nproc > 1 and len(recipes) > 1:
+        fail_usage(UsageError("--nproc runs one recipe at a time; run the recipes one by one"))
+    loaded = [_load(recipe, overrides) for recipe in recipes]  # every recipe is checked before anything runs
+    names = [r.output.dir or f"runs/{r.name}" for r in loaded]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if output_dir is None and clash:
+        fail_usage(UsageError(f"two recipes write to {clash}; give them different names (or output.dir)"))
+    run_dirs = []
+    for path, recipe in zip(recipes, loaded, strict=True):
+        if len(recipes) > 1:
+            console.rule(f"[bold]{escape(path)}[/] ({len(run_dirs) + 1}/{len(recipes)})")
+        if skip_done and _finished(recipe, output_dir):
+            where = output_dir or recipe.output.dir or f"runs/{recipe.name}"
+            console.print(f"skipped: {escape(str(where))} already holds a finished run of this recipe")
+            run_dirs.append(str(where))
+            continue
+        run_dirs.append(_run_one(path, recipe, overrides, output_dir, overwrite, resume, nproc))
+    if compare_dir and run_dirs:
+        _print_comparison(tuple(run_dirs), compare_dir)
+
+
+def _finished(recipe: Any, output_dir: str | None) -> bool:
+    """Whether the run directory holds a finished run (metrics with a final stage) of this same recipe."""
+    from ptrain.redact import redact_toml
+    from ptrain.run import run_path
+
+    folder = run_path(recipe, output_dir)
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        before = (folder / "recipe.resolved.toml").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and "artifacts" in metrics and before == redact_toml(recipe.to_toml())
+
+
+def _run_one(
+    path: str, loaded: Any, overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool, nproc: int
+) -> str:
+    """Run one loaded recipe in this process (or under torchrun); exits on failure, returns the run directory."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        args = ["run", recipe, *[a for o in overrides for a in ("--set", o)]]
+        args = ["run", path, *[a for o in overrides for a in ("--set", o)]]
         args += ["--output-dir", output_dir] if output_dir else []
         args += ["--overwrite"] if overwrite else []
         args += ["--resume"] if resume else []
-        sys.exit(launch(nproc, args))
+        code = launch(nproc, args)
+        if code:
+            sys.exit(code)
+        return output_dir or loaded.output.dir or f"runs/{loaded.name}"
     from ptrain.run import process_rank
 
     main_process = process_rank() == 0
@@ -105,9 +159,11 @@ def run(
     finally:
         logger.removeHandler(handler)
     if not main_process:
-        return
+        return str(result.dir) if result else ""
     print_results(result.metrics)
+    print_samples(result.dir / "samples.jsonl", loaded.eval.show_samples)
     console.print(f"run directory: [bold]{escape(str(result.dir))}[/]")
+    return str(result.dir)
 
 
 def launch_command(nproc: int, args: list[str]) -> list[str]:
@@ -139,6 +195,28 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
     return str(value)
+
+
+def _clip(text: str, width: int | None = None) -> str:
+    width = width or max(40, console.width - 14)
+    line = " ⏎ ".join(part for part in str(text).strip().splitlines() if part.strip())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def print_samples(path: Path, count: int) -> None:
+    """The first ``count`` held-out rows: what was asked, what was expected, base and trained answers."""
+    if count <= 0 or not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:count] if line.strip()]
+    mark = {True: "[green]✓[/]", False: "[red]✗[/]"}
+    for i, row in enumerate(rows, 1):
+        asked = row.get("input") or row.get("instruction") or row["prompt"]
+        console.print(f"[bold]sample {i}[/] {escape(_clip(asked))}")
+        console.print(f"  expected   {escape(_clip(row['reference']))}")
+        if "base_generation" in row:
+            base_ok = row.get("base_correct")
+            console.print(f"  base    {mark.get(base_ok, ' ')}  {escape(_clip(row['base_generation']))}")
+        console.print(f"  trained {mark[bool(row['correct'])]}  {escape(_clip(row['generation']))}")
 
 
 def print_results(metrics: dict[str, Any]) -> None:
@@ -224,6 +302,10 @@ def new_plugin(name: str, directory: str | None) -> None:
 )
 def compare(run_dirs: tuple[str, ...], output: str | None) -> None:
     """Compare finished runs (their metrics.json) side by side: a table, Markdown and a PNG chart."""
+    _print_comparison(run_dirs, output)
+
+
+def _print_comparison(run_dirs: tuple[str, ...], output: str | None) -> None:
     from ptrain.compare import compare as compare_runs
 
     try:

@@ -51,6 +51,14 @@ class ModelSection:
     trust_remote_code: bool = False
     tokenizer: str | None = None
     """Load the tokenizer from elsewhere than ``name``."""
+    keep_layers: int | None = None
+    """Keep only this many of the model's transformer layers, evenly spaced, first and last included:
+    a smaller, faster model initialised from a pretrained one (a distillation student, as in
+    DistilBERT's every-other-layer initialisation)."""
+
+    def validate(self) -> None:
+        if self.keep_layers is not None and self.keep_layers < 1:
+            raise RecipeError("must be a number of layers >= 1 (or leave it out to keep them all)", key="keep_layers")
 
 
 @dataclass

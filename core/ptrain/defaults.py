@@ -32,7 +32,7 @@ def prepare_data(run: Run) -> DataSplits:
 
 @hookimpl(trylast=True)
 def evaluate(run: Run, stage: str) -> dict[str, Any]:
-    from ptrain.evaluation import completion_loss, generate, metric_for, perplexity, task_scores
+    from ptrain.evaluation import completion_loss, generate, metric_for, perplexity, task_scores, valid_json
 
     section = run.recipe.eval
     rows = list(run.eval_dataset)
@@ -53,17 +53,20 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
     for row, score in zip(sample, scores, strict=True):
         per_task[row.get("task") or "all"].append(score)
     run.state[f"core.generations.{stage}"] = generations.texts
+    run.state[f"core.scores.{stage}"] = scores
     if stage == "final":
         base = run.state.get("core.generations.base")
+        base_scores = run.state.get("core.scores.base")
         artifacts.write_jsonl(
             run.dir / "samples.jsonl",
             [
                 {
                     "prompt": row["prompt"],
+                    **{key: row[key] for key in ("instruction", "input") if row.get(key)},
                     "reference": row["output"],
                     "generation": text,
                     "correct": bool(score),
-                    **({"base_generation": base[i]} if base else {}),
+                    **({"base_generation": base[i], "base_correct": bool(base_scores[i])} if base else {}),
                 }
                 for i, (row, text, score) in enumerate(zip(sample, generations.texts, scores, strict=True))
             ],
@@ -77,6 +80,9 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
         "generated_rows": len(sample),
         "generation_tokens_per_s": round(generations.tokens_per_second, 1),
     }
+    json_rows = [(row, text) for row, text in zip(sample, generations.texts, strict=True) if metric_for(row, section.metric) == "json_match"]
+    if json_rows:  # how often the output parses at all, next to how often it is exactly right
+        metrics["valid_json_rate"] = round(sum(valid_json(text) for _, text in json_rows) / len(json_rows), 4)
     if len(per_task) > 1:
         metrics["task_metric_by_task"] = {t: round(sum(s) / len(s), 4) for t, s in sorted(per_task.items())}
     return metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,17 +23,27 @@ def exact_match(generation: str, reference: str) -> float:
     return float(_normalise(generation) == _normalise(reference))
 
 
+FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
+
+
+def _unfence(text: str) -> str:
+    """The body of a Markdown code block (```json ... ```) when that is all the text is."""
+    match = FENCE.match(text.strip())
+    return match.group(1) if match else text
+
+
 def json_match(generation: str, reference: str) -> float:
-    """1.0 when the generation parses as JSON equal to the reference's JSON."""
+    """1.0 when the generation (or the code block it consists of) parses as JSON equal to the reference's."""
     try:
-        return float(json.loads(generation) == json.loads(reference))
+        return float(json.loads(_unfence(generation)) == json.loads(reference))
     except (json.JSONDecodeError, TypeError):
         return 0.0
 
 
 def valid_json(generation: str, reference: str = "") -> float:
+    """1.0 when the generation (or the code block it consists of) parses as JSON."""
     try:
-        json.loads(generation)
+        json.loads(_unfence(generation))
     except (json.JSONDecodeError, TypeError):
         return 0.0
     return 1.0

@@ -218,7 +218,43 @@ def load_model(section: ModelSection, seed: int, extra: dict[str, Any] | None = 
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if section.keep_layers is not None:
+        keep_layers(model, section.keep_layers, section.name)
     return model, tokenizer
+
+
+def kept_layer_indices(total: int, keep: int) -> list[int]:
+    """``keep`` evenly spaced indices of ``total`` layers, first and last included."""
+    if keep == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def keep_layers(model: Any, keep: int, name: str) -> list[int]:
+    """Drop all but ``keep`` evenly spaced transformer layers of ``model`` in place; returns the kept indices."""
+    import torch
+
+    holder = next((m for m in (getattr(model, "model", None), getattr(model, "transformer", None)) if m is not None), None)
+    attribute = next((a for a in ("layers", "h") if isinstance(getattr(holder, a, None), torch.nn.ModuleList)), None)
+    if attribute is None:
+        raise UsageError(f"model.keep_layers: cannot find the layer list of {name} ({type(model).__name__}); remove model.keep_layers")
+    layers = getattr(holder, attribute)
+    if keep > len(layers):
+        raise UsageError(f"model.keep_layers = {keep}: {name} has only {len(layers)} layers; use at most {len(layers)}")
+    kept = kept_layer_indices(len(layers), keep)
+    setattr(holder, attribute, torch.nn.ModuleList(layers[i] for i in kept))
+    for new, layer in enumerate(getattr(holder, attribute)):
+        for module in layer.modules():  # the KV cache is indexed by each attention's layer number
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    config = model.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(config, key) and isinstance(getattr(config, key), int):
+            setattr(config, key, len(kept))
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in kept]
+    log.info("model.keep_layers: kept layers %s of %d", kept, len(layers))
+    return kept
 
 
 class _hub_errors:

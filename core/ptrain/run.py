@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -303,6 +304,8 @@ def _stages(run: Run) -> None:
 
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
+    # peft and trl read an attribute transformers 5 deprecates: library noise, nothing the user can change
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_warning()
     recipe = run.recipe
     if run.is_main_process:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,19 @@ def test_dpo_with_an_adapter_uses_the_implicit_reference(ptrain_run):
     # few adapter steps on a random-init model: the margins move the right way (accuracy needs more steps)
     assert final["preference_margin"] > base["preference_margin"]
     assert final["reward_margin"] > 0 and final["reward_chosen"] > final["reward_rejected"]
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.slow
+def test_dpo_lora_recipe_raises_held_out_preference_accuracy(ptrain_run):
+    """The example recipe as shipped, with ptrain's real ``lora`` method: methods = ["dpo", "lora"]."""
+    run = ptrain_run(RECIPES / "dpo_lora_tiny.toml", "output.save_model=false", "output.plots=false")
+    base, final = run.metrics["base"], run.metrics["final"]
+    assert run.metrics["dpo"]["reference"] == "implicit (adapter disabled)" and run.trainer.ref_model is None
+    assert 0 < run.metrics["lora"]["trainable_percent"] < 20
+    assert final["preference_pairs"] == base["preference_pairs"] == 100  # held out: never trained on
+    assert final["preference_accuracy"] > base["preference_accuracy"], (base, final)
+    assert final["preference_margin"] > base["preference_margin"], (base, final)
+    assert final["reward_accuracy"] > 0.5 and final["reward_chosen"] > final["reward_rejected"], final
