@@ -79,13 +79,14 @@ def run(
         fail_usage(UsageError("--output-dir names one run directory; with several recipes set output.dir in each, or leave it out"))
     if nproc > 1 and len(recipes) > 1:
         fail_usage(UsageError("--nproc runs one recipe at a time; run the recipes one by one"))
-    loaded = [_load(recipe, overrides) for recipe in recipes]  # every recipe is checked before anything runs
-    names = [r.output.dir or f"runs/{r.name}" for r in loaded]
+    loaded = _load_pipeline(recipes, overrides)  # every recipe is checked before anything runs
+    names = [r.output.dir or f"runs/{r.name}" for r in loaded if r is not None]
     clash = next((n for n in names if names.count(n) > 1), None)
     if output_dir is None and clash:
         fail_usage(UsageError(f"two recipes write to {clash}; give them different names (or output.dir)"))
-    run_dirs = []
+    run_dirs: list[str] = []
     for path, recipe in zip(recipes, loaded, strict=True):
+        recipe = recipe or _load(path, overrides)  # it needed an earlier run's output: checked now
         if len(recipes) > 1:
             console.rule(f"[bold]{escape(path)}[/] ({len(run_dirs) + 1}/{len(recipes)})")
         if skip_done and _finished(recipe, output_dir):
@@ -96,6 +97,23 @@ def run(
         run_dirs.append(_run_one(path, recipe, overrides, output_dir, overwrite, resume, nproc))
     if compare_dir and run_dirs:
         _print_comparison(tuple(run_dirs), compare_dir)
+
+
+def _load_pipeline(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> list[Any]:
+    """Load and validate every recipe up front. A recipe that refers to a directory an earlier recipe
+    of the list will write (``runs/teacher/model``) is checked when its turn comes (None here)."""
+    from ptrain.recipe import load_recipe
+
+    loaded: list[Any] = []
+    for path in recipes:
+        try:
+            loaded.append(load_recipe(path, overrides))
+        except UsageError as err:
+            earlier = [str(r.output.dir or f"runs/{r.name}") for r in loaded if r is not None]
+            if not any(folder in str(err) for folder in earlier):
+                fail_usage(err)
+            loaded.append(None)
+    return loaded
 
 
 def _finished(recipe: Any, output_dir: str | None) -> bool:

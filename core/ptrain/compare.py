@@ -117,9 +117,13 @@ ROWS: list[tuple[str, Callable[[RunSummary], str]]] = [
     ("training time (s)", lambda r: _num(r.get("train", "train_time_s"))),
     ("peak training memory (MiB)", lambda r: _num(r.get("train", "peak_memory_mb"))),
     ("size on disk (MiB)", _sizes),
+    ("inference memory (MiB)", lambda r: _num(r.get("final", "memory_footprint_mb"))),
+    ("generation tokens/s", lambda r: _num(r.get("final", "generation_tokens_per_s"))),
     ("eval loss", lambda r: _num(r.get("final", "eval_loss"))),
     ("perplexity", lambda r: _num(r.get("final", "perplexity"))),
     ("task metric (base → final)", lambda r: _base_final(r, "task_metric")),
+    ("valid JSON (base → final)", lambda r: _base_final(r, "valid_json_rate")),
+    ("perplexity change vs unquantized (%)", lambda r: _num(r.get("final", "perplexity_increase_pct"))),
     ("seen templates: mean", lambda r: _num(r.get("final", "templates_seen_mean"))),
     ("seen templates: worst", lambda r: _num(r.get("final", "templates_seen_worst"))),
     ("seen templates: spread", lambda r: _num(r.get("final", "templates_seen_spread"))),
@@ -137,6 +141,51 @@ CHART: list[tuple[str, tuple[str, ...]]] = [
     ("held-out spread", ("final", "templates_heldout_spread")),
 ]
 """Bars of the chart's quality panel (all in [0, 1])."""
+
+
+def expand(run: RunSummary) -> list[RunSummary]:
+    """One column per model a run measured: a quantize run's variants, a distill run's teacher and baseline."""
+    extra: list[RunSummary] = []
+    variants = run.get("quantize", "models") or {}
+    for name, row in variants.items():
+        if not isinstance(row, dict) or name == "unquantized":
+            continue
+        final = {
+            "task_metric": row.get("task_metric"), "perplexity": row.get("perplexity"),
+            "memory_footprint_mb": row.get("footprint_mb"), "generation_tokens_per_s": row.get("generation_tokens_per_s"),
+            "model_size_mb": row.get("disk_mb"), "perplexity_increase_pct": row.get("perplexity_increase_pct"),
+        }
+        recipe = {"methods": ["quantize"], "model": {"name": str(run.get("quantize", "source") or "")}}
+        extra.append(RunSummary(f"{run.label}: {name}", run.dir, {"final": {k: v for k, v in final.items() if v is not None}}, recipe))
+    for who in ("teacher", "baseline"):
+        row = run.get("distill", who)
+        if not isinstance(row, dict):
+            continue
+        final = {
+            "task_metric": row.get("task_metric"), "eval_loss": row.get("eval_loss"),
+            "memory_footprint_mb": row.get("memory_footprint_mb"), "generation_tokens_per_s": row.get("generation_tokens_per_s"),
+            "model_size_mb": row.get("size_on_disk_mb"),
+        }
+        train = {"parameters": row["parameters"]} if isinstance(row.get("parameters"), int) else {}
+        label = "teacher" if who == "teacher" else "no-teacher baseline"
+        extra.append(RunSummary(f"{run.label}: {label}", run.dir, {"final": {k: v for k, v in final.items() if v is not None}, "train": train}, {}))
+    return [run, *extra]
+
+
+def machine(runs: list[RunSummary]) -> str:
+    """Where the runs ran, from their env.json: platform, CPUs, accelerator, torch."""
+    seen: list[str] = []
+    for run in runs:
+        try:
+            env = json.loads((run.dir / "env.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        versions = env.get("versions") or {}
+        gpu = env.get("cuda") or "no GPU"
+        text = f"{env.get('cpu') or env.get('platform', '?')}, {env.get('cpu_count', '?')} CPU cores, {gpu}, torch {versions.get('torch', '?')}"
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(seen)
 
 
 def table(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
@@ -202,12 +251,17 @@ def compare(run_dirs: list[str], output: str | Path | None = None) -> tuple[list
 
     if not run_dirs:
         raise UsageError("give at least one run directory, e.g. ptrain compare runs/sft_tiny runs/instruct_tiny")
-    runs = [read_run(d) for d in run_dirs]
+    runs = [column for d in run_dirs for column in expand(read_run(d))]
     _unique_labels(runs)
     header, rows = table(runs)
     folder = Path(output) if output is not None else runs[0].dir.resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / "compare.md"
-    artifacts.write_text(md, f"# Runs compared\n\n{markdown(header, rows)}\nRuns: {', '.join(str(r.dir) for r in runs)}\n")
+    where = machine(runs)
+    artifacts.write_text(
+        md,
+        f"# Runs compared\n\n{markdown(header, rows)}\nRuns: {', '.join(dict.fromkeys(str(r.dir) for r in runs))}\n"
+        + (f"\nMachine: {where}\n" if where else ""),
+    )
     png = chart(runs, folder / "compare.png")
     return header, rows, md, png

@@ -80,6 +80,8 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
         "generated_rows": len(sample),
         "generation_tokens_per_s": round(generations.tokens_per_second, 1),
     }
+    if hasattr(run.model, "get_memory_footprint"):  # parameters and buffers as loaded: the inference memory floor
+        metrics["memory_footprint_mb"] = round(run.model.get_memory_footprint() / 2**20, 1)
     json_rows = [(row, text) for row, text in zip(sample, generations.texts, strict=True) if metric_for(row, section.metric) == "json_match"]
     if json_rows:  # how often the output parses at all, next to how often it is exactly right
         metrics["valid_json_rate"] = round(sum(valid_json(text) for _, text in json_rows) / len(json_rows), 4)

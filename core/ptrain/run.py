@@ -129,7 +129,8 @@ def environment(seed: int) -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "versions": versions,
         "seed": seed,
         "world_size": _world_size(),
@@ -142,6 +143,16 @@ def environment(seed: int) -> dict[str, Any]:
 
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _world_size() -> int:
@@ -306,6 +317,8 @@ def _stages(run: Run) -> None:
     hf_logging.disable_progress_bar()
     # peft and trl read an attribute transformers 5 deprecates: library noise, nothing the user can change
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # bitsandbytes repeats this on every INT8 matmul (LLM.int8 computes in float16 by design); said once in the docs
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     hf_logging.set_verbosity_warning()
     recipe = run.recipe
     if run.is_main_process:

@@ -90,6 +90,17 @@ def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
     assert {r["quant_method"] for r in reloaded.values()} == {"bitsandbytes"}
     assert reloaded["nf4"]["exact_match"] > 0.1 and reloaded["int8"]["exact_match"] > 0.1
 
+    # ptrain compare gives every variant its own column, with the machine the runs ran on
+    from ptrain.compare import compare
+
+    header, rows, md, _ = compare([str(run.dir)], run.dir / "compare")
+    label = header[1]
+    assert header[2:] == [f"{label}: int8", f"{label}: nf4"]
+    table_rows = {row[0]: row[1:] for row in rows}
+    assert all(table_rows["perplexity change vs unquantized (%)"][1:])
+    assert float(table_rows["inference memory (MiB)"][2]) < float(table_rows["inference memory (MiB)"][0])
+    assert "CPU cores" in md.read_text()
+
 
 def test_missing_bitsandbytes_is_a_recipe_error_naming_the_variant(monkeypatch):
     real = importlib.metadata.version
@@ -138,3 +149,4 @@ def test_recipes_validate():
     assert load_recipe(RECIPES / "quantize_tiny.toml").methods == ["quantize"]
     recipe = load_recipe(RECIPES / "sft_quantize_tiny.toml")
     assert recipe.methods == ["sft", "quantize"] and recipe.sections["quantize"].variants == ["int8", "nf4"]
+
