@@ -11,7 +11,9 @@ other checkpoint, so every loading option (dtype, quantization) applies to them 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -75,7 +77,9 @@ def builtin_checkpoint(name: str, seed: int) -> Path:
 
     from ptrain.artifacts import atomic_dir
 
-    target = cache_dir() / "builtin" / f"{name}-seed{seed}"
+    # the spec's hash in the name: a changed built-in config never reuses an old checkpoint
+    digest = hashlib.sha256(json.dumps(BUILTIN_MODELS[name], sort_keys=True).encode()).hexdigest()[:8]
+    target = cache_dir() / "builtin" / f"{name}-{digest}-seed{seed}"
     if (target / "config.json").is_file():
         return target
     spec = dict(BUILTIN_MODELS[name])

@@ -309,6 +309,8 @@ def check_resumable(recipe: Recipe, target: Path) -> None:
 
 
 def _stages(run: Run) -> None:
+    # torchao (imported by transformers when installed) registers enums the way torch 2.13 deprecates
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     import datasets
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
