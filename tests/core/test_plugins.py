@@ -141,7 +141,7 @@ def test_plugin_modules_import_lightly():
         "import importlib.metadata, importlib, sys\n"
         "for ep in importlib.metadata.entry_points(group='ptrain'):\n"
         "    if ep.value.startswith('ptrain_methods'): importlib.import_module(ep.value)\n"
-        "print(sorted(m for m in ('torch','transformers','peft','trl','bitsandbytes') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch','transformers','peft','trl','bitsandbytes','torchao') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

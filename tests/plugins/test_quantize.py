@@ -1,4 +1,4 @@
-"""The quantize method: INT8 / NF4 exports that reload with plain transformers, measured honestly."""
+"""The quantize method: INT8 / NF4 (bitsandbytes) and torchao INT8 exports that reload with plain transformers, measured honestly."""
 
 import importlib.metadata
 import json
@@ -34,6 +34,36 @@ for variant in sys.argv[3:]:
         "linear": type(model.model.layers[0].mlp.down_proj).__name__,
         "quant_method": model.config.to_dict()["quantization_config"]["quant_method"],
         "exact_match": correct / len(rows),
+    }
+print(json.dumps(result))
+"""
+
+
+AO_RELOAD = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+source, quantized, text = sys.argv[1:4]
+reference = AutoModelForCausalLM.from_pretrained(source)
+layers = [m for n, m in reference.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+result = {"linear_weights": sum(m.weight.numel() for m in layers), "linear_rows": sum(m.out_features for m in layers)}
+for variant in sys.argv[4:]:
+    path = f"{quantized}/{variant}"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        expected, got = reference(**ids).logits, model(**ids).logits
+    out = model.generate(**ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    result[variant] = {
+        "weight": type(model.model.layers[0].mlp.down_proj.weight).__name__,
+        "lm_head": type(model.lm_head.weight).__name__,
+        "quant_method": model.config.to_dict()["quantization_config"]["quant_method"],
+        "logits_rel_error": float((got - expected).norm() / expected.norm()),
+        "same_top1": float((got.argmax(-1) == expected.argmax(-1)).float().mean()),
+        "new_tokens": out.shape[1] - ids["input_ids"].shape[1],
     }
 print(json.dumps(result))
 """
@@ -102,6 +132,63 @@ def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
     assert "CPU cores" in md.read_text()
 
 
+@pytest.mark.slow
+def test_torchao_int8_exports_reload_with_plain_transformers(run_recipe):
+    pytest.importorskip("torchao")
+    recipe = quantize_recipe("builtin:tiny-llama", variants=["int8", "ao-int8-weight", "ao-int8-dynamic"])
+    recipe["data"].update(num_examples=400, eval_size=60)
+    recipe["eval"].update(max_samples=8)
+    recipe["output"]["save_model"] = True  # model/: the unquantized source, for the reload below
+    run = run_recipe(recipe)
+    table = json.loads((run.dir / "metrics.json").read_text())["quantize"]
+    rows = table["models"]
+    versions = {name: importlib.metadata.version(name) for name in ("bitsandbytes", "torchao")}
+    assert table["backend"] == f"bitsandbytes {versions['bitsandbytes']}, torchao {versions['torchao']}"
+    assert rows["int8"]["backend"] == f"bitsandbytes {versions['bitsandbytes']}"
+    assert rows["ao-int8-weight"]["backend"] == rows["ao-int8-dynamic"]["backend"] == f"torchao {versions['torchao']}"
+    assert "backend" not in rows["unquantized"]
+    reference = rows["unquantized"]
+    for variant in ("ao-int8-weight", "ao-int8-dynamic"):
+        row = rows[variant]
+        # an untrained model: its perplexity is high (near the vocabulary size) but any change is quantization's
+        assert abs(row["perplexity_increase_pct"]) < 3, row
+        assert row["generation_tokens_per_s"] > 0
+        # exported as safetensors (the torchao tensors flattened by transformers), nothing pickled
+        files = {p.name for p in (run.dir / "quantized" / variant).iterdir()}
+        assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt")) for f in files), files
+
+    # each torchao export reloads with plain transformers in a fresh process, stays close to the unquantized
+    # logits and generates
+    text = "\n\n".join(r["prompt"] + r["completion"] for r in list(run.eval_dataset)[:4])
+    out = subprocess.run(
+        [sys.executable, "-c", AO_RELOAD, str(run.dir / "model"), str(run.dir / "quantized"), text, "ao-int8-weight", "ao-int8-dynamic"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    reloaded = json.loads(out.stdout.strip().splitlines()[-1])
+    for variant in ("ao-int8-weight", "ao-int8-dynamic"):
+        got = reloaded[variant]
+        assert got["weight"] == "Int8Tensor" and got["quant_method"] == "torchao", got
+        assert got["lm_head"] == "Parameter"  # embeddings (tied to lm_head) are left unquantized, as transformers does
+        assert got["logits_rel_error"] < 0.05 and got["same_top1"] > 0.9, got  # ~0.015 here; a broken reload gives ~1
+        assert got["new_tokens"] == 8
+
+    # Footprint, counted through torchao's tensor subclasses (get_memory_footprint() would report a ratio of
+    # 1.0): each linear weight goes from 4 bytes to 1 byte, plus an fp32 scale and an int8 zero point per
+    # output row. torchao leaves embeddings in fp32; on the tiny model the tied embedding is ~15 % of the
+    # parameters, so the ratio is ~0.37, not INT8's ideal 0.25 (on SmolLM2-135M, embedding ~21 %: ~0.41).
+    linear, out_rows = reloaded["linear_weights"], reloaded["linear_rows"]
+    expected_mb = reference["footprint_mb"] - (4 * linear - linear - 5 * out_rows) / 2**20
+    for variant in ("ao-int8-weight", "ao-int8-dynamic"):
+        assert rows[variant]["footprint_mb"] == pytest.approx(expected_mb, abs=0.002)
+        assert rows[variant]["footprint_ratio"] < 0.5
+    # bitsandbytes INT8 counts the same int8 weights but not its row scales (SCB lives outside the
+    # parameters and buffers, where neither get_memory_footprint nor footprint_bytes looks)
+    assert rows["int8"]["footprint_mb"] == pytest.approx(expected_mb - 5 * out_rows / 2**20, abs=0.002)
+
+
 def test_missing_bitsandbytes_is_a_recipe_error_naming_the_variant(monkeypatch):
     real = importlib.metadata.version
 
@@ -113,6 +200,61 @@ def test_missing_bitsandbytes_is_a_recipe_error_naming_the_variant(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", version)
     with pytest.raises(RecipeError, match=r"quantize\.variants: variant 'nf4' cannot be made: bitsandbytes is not installed; pip install"):
         load_recipe_dict(quantize_recipe("builtin:tiny-llama", variants=["nf4"]))
+
+
+@pytest.mark.parametrize(
+    ("installed", "message"),
+    [
+        (None, r"quantize\.variants: variant 'ao-int8-dynamic' cannot be made: torchao is not installed; pip install torchao$"),
+        ("0.15.0", r"quantize\.variants: variant 'ao-int8-dynamic' cannot be made: torchao 0\.15\.0 is too old .*pip install -U torchao$"),
+    ],
+)
+def test_missing_torchao_is_a_one_line_recipe_error_naming_the_variant(monkeypatch, installed, message):
+    from ptrain_methods.quantize import QuantizeSection, probe
+
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "torchao":
+            if installed is None:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return installed
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(RecipeError, match=message) as caught:
+        load_recipe_dict(quantize_recipe("builtin:tiny-llama", variants=["int8", "ao-int8-dynamic", "ao-int8-weight"]))
+    assert "\n" not in str(caught.value)
+    load_recipe_dict(quantize_recipe("builtin:tiny-llama", variants=["int8", "nf4"]))  # bitsandbytes variants need no torchao
+    with pytest.raises(UsageError, match=r"variant 'ao-int8-weight' cannot be made: torchao"):
+        probe("ao-int8-weight", QuantizeSection(variants=["ao-int8-weight"]))  # the early probe says the same
+
+
+def test_torchao_probe_runs_here_and_names_the_variant_when_it_cannot(monkeypatch):
+    pytest.importorskip("torchao")
+    import torchao.quantization
+
+    from ptrain_methods.quantize import QuantizeSection, probe
+
+    probe("ao-int8-weight", QuantizeSection())
+    probe("ao-int8-dynamic", QuantizeSection())
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("no int8 kernel for this device")
+
+    monkeypatch.setattr(torchao.quantization, "quantize_", unsupported)
+    expected = r"variant 'ao-int8-dynamic' does not run on this machine \(cpu, torchao .*no int8 kernel.*remove 'ao-int8-dynamic' from quantize.variants"
+    with pytest.raises(UsageError, match=expected):
+        probe("ao-int8-dynamic", QuantizeSection())
+
+
+def test_every_variant_has_a_backend():
+    from typing import get_args
+
+    from ptrain_methods.quantize import TORCHAO_VARIANTS, VARIANTS, Variant, backend
+
+    assert set(get_args(Variant)) == set(VARIANTS) | set(TORCHAO_VARIANTS)
+    assert {backend(v) for v in VARIANTS} == {"bitsandbytes"} and {backend(v) for v in TORCHAO_VARIANTS} == {"torchao"}
 
 
 def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch, run_recipe, tmp_path):
@@ -135,6 +277,7 @@ def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch,
     ("quantize", "message"),
     [
         ({"variants": ["int4"]}, r"quantize\.variants\[0\]: expected one of 'int8', 'nf4'.*did you mean 'int8'"),
+        ({"variants": ["nf4", "ao-int8-weights"]}, r"quantize\.variants\[1\]: expected one of .*'ao-int8-dynamic', got .*did you mean 'ao-int8-weight'"),
         ({"variants": []}, r"quantize\.variants: needs at least one variant"),
         ({"window": 64, "stride": 128}, r"quantize\.stride: need 0 < stride <= window"),
         ({"source": "./no/such/model"}, r"quantize\.source: model directory './no/such/model' not found"),
