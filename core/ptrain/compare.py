@@ -120,9 +120,10 @@ ROWS: list[tuple[str, Callable[[RunSummary], str]]] = [
     ("inference memory (MiB)", lambda r: _num(r.get("final", "memory_footprint_mb"))),
     ("generation tokens/s", lambda r: _num(r.get("final", "generation_tokens_per_s"))),
     ("eval loss", lambda r: _num(r.get("final", "eval_loss"))),
-    ("perplexity", lambda r: _num(r.get("final", "perplexity"))),
+    ("perplexity (completions)", lambda r: _num(r.get("final", "perplexity"))),
     ("task metric (base → final)", lambda r: _base_final(r, "task_metric")),
     ("valid JSON (base → final)", lambda r: _base_final(r, "valid_json_rate")),
+    ("perplexity, sliding window over the eval text", lambda r: _num(r.get("final", "window_perplexity"))),
     ("perplexity change vs unquantized (%)", lambda r: _num(r.get("final", "perplexity_increase_pct"))),
     ("seen templates: mean", lambda r: _num(r.get("final", "templates_seen_mean"))),
     ("seen templates: worst", lambda r: _num(r.get("final", "templates_seen_worst"))),
@@ -130,6 +131,8 @@ ROWS: list[tuple[str, Callable[[RunSummary], str]]] = [
     ("held-out templates: mean", lambda r: _num(r.get("final", "templates_heldout_mean"))),
     ("held-out templates: worst", lambda r: _num(r.get("final", "templates_heldout_worst"))),
     ("held-out templates: spread", lambda r: _num(r.get("final", "templates_heldout_spread"))),
+    ("all templates: worst", lambda r: _num(r.get("final", "templates_all_worst"))),
+    ("all templates: spread", lambda r: _num(r.get("final", "templates_all_spread"))),
 ]
 """Row label -> how to read it from a run. Rows blank for every run are left out."""
 
@@ -139,6 +142,7 @@ CHART: list[tuple[str, tuple[str, ...]]] = [
     ("held-out mean", ("final", "templates_heldout_mean")),
     ("held-out worst", ("final", "templates_heldout_worst")),
     ("held-out spread", ("final", "templates_heldout_spread")),
+    ("all-templates spread", ("final", "templates_all_spread")),
 ]
 """Bars of the chart's quality panel (all in [0, 1])."""
 
@@ -147,15 +151,19 @@ def expand(run: RunSummary) -> list[RunSummary]:
     """One column per model a run measured: a quantize run's variants, a distill run's teacher and baseline."""
     extra: list[RunSummary] = []
     variants = run.get("quantize", "models") or {}
+    reference = variants.get("unquantized") if isinstance(variants.get("unquantized"), dict) else None
+    if reference and reference.get("perplexity") is not None and isinstance(run.metrics.get("final"), dict):
+        run.metrics["final"]["window_perplexity"] = reference["perplexity"]
+    source = (run.recipe.get("quantize") or {}).get("source") or (run.recipe.get("model") or {}).get("name", "")
     for name, row in variants.items():
         if not isinstance(row, dict) or name == "unquantized":
             continue
         final = {
-            "task_metric": row.get("task_metric"), "perplexity": row.get("perplexity"),
+            "task_metric": row.get("task_metric"), "window_perplexity": row.get("perplexity"),
             "memory_footprint_mb": row.get("footprint_mb"), "generation_tokens_per_s": row.get("generation_tokens_per_s"),
             "model_size_mb": row.get("disk_mb"), "perplexity_increase_pct": row.get("perplexity_increase_pct"),
         }
-        recipe = {"methods": ["quantize"], "model": {"name": str(run.get("quantize", "source") or "")}}
+        recipe = {"methods": ["quantize"], "model": {"name": f"{source} as {name}" if source else name}}
         extra.append(RunSummary(f"{run.label}: {name}", run.dir, {"final": {k: v for k, v in final.items() if v is not None}}, recipe))
     for who in ("teacher", "baseline"):
         row = run.get("distill", who)
@@ -168,7 +176,9 @@ def expand(run: RunSummary) -> list[RunSummary]:
         }
         train = {"parameters": row["parameters"]} if isinstance(row.get("parameters"), int) else {}
         label = "teacher" if who == "teacher" else "no-teacher baseline"
-        extra.append(RunSummary(f"{run.label}: {label}", run.dir, {"final": {k: v for k, v in final.items() if v is not None}, "train": train}, {}))
+        model = (run.recipe.get("distill") or {}).get("teacher") if who == "teacher" else (run.recipe.get("model") or {}).get("name")
+        recipe = {"model": {"name": model}} if model else {}
+        extra.append(RunSummary(f"{run.label}: {label}", run.dir, {"final": {k: v for k, v in final.items() if v is not None}, "train": train}, recipe))
     return [run, *extra]
 
 

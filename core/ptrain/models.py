@@ -77,8 +77,10 @@ def builtin_checkpoint(name: str, seed: int) -> Path:
 
     from ptrain.artifacts import atomic_dir
 
-    # the spec's hash in the name: a changed built-in config never reuses an old checkpoint
-    digest = hashlib.sha256(json.dumps(BUILTIN_MODELS[name], sort_keys=True).encode()).hexdigest()[:8]
+    # the spec's and tokenizer's hash in the name: a changed built-in never reuses an old checkpoint
+    spec = BUILTIN_MODELS[name]
+    tokenizer_file = ASSETS / spec.get("tokenizer", name) / "tokenizer.json"
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + tokenizer_file.read_bytes()).hexdigest()[:8]
     target = cache_dir() / "builtin" / f"{name}-{digest}-seed{seed}"
     if (target / "config.json").is_file():
         return target

@@ -309,8 +309,10 @@ def check_resumable(recipe: Recipe, target: Path) -> None:
 
 
 def _stages(run: Run) -> None:
-    # torchao (imported by transformers when installed) registers enums the way torch 2.13 deprecates
+    # torchao, imported by transformers when installed, warns about its CUDA-only kernels on a CPU
+    # build and registers enums the way torch 2.13 deprecates: noise for a ptrain user
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     import datasets
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
@@ -319,8 +321,9 @@ def _stages(run: Run) -> None:
     hf_logging.disable_progress_bar()
     # peft and trl read an attribute transformers 5 deprecates: library noise, nothing the user can change
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    # bitsandbytes repeats this on every INT8 matmul (LLM.int8 computes in float16 by design); said once in the docs
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    # bitsandbytes logs "inputs will be cast to float16" on every INT8 matmul (LLM.int8 computes in
+    # float16 by design): hundreds of identical lines per evaluation
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     hf_logging.set_verbosity_warning()
     recipe = run.recipe
     if run.is_main_process:

@@ -275,6 +275,11 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
         metrics[f"templates_{group}_mean"] = round(sum(values) / len(values), 4)
         metrics[f"templates_{group}_worst"] = min(values)
         metrics[f"templates_{group}_spread"] = round(max(values) - min(values), 4)
+    every = [v for scores in by_template.values() for v in scores.values()]
+    if every:  # seen and held-out together: the gap between the best and the worst phrasing a user may try
+        metrics["templates_all_mean"] = round(sum(every) / len(every), 4)
+        metrics["templates_all_worst"] = min(every)
+        metrics["templates_all_spread"] = round(max(every) - min(every), 4)
     metrics["templates_eval_rows"] = len(rows)
     metrics["templates_by_template"] = by_template
     return metrics

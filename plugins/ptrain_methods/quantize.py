@@ -319,6 +319,11 @@ def _source_model(run: Run, section: QuantizeSection) -> Iterator[str]:
     if "model" in run.artifacts:
         yield run.artifacts["model"]
         return
+    if run.trainer is None and run.recipe.model.keep_layers is None:  # nothing changed the model: quantize it where it lies
+        from ptrain.models import model_location
+
+        yield str(model_location(run.recipe.model, run.recipe.seed))
+        return
     with tempfile.TemporaryDirectory(prefix="ptrain-quantize-", dir=run.dir) as tmp:
         run.model.save_pretrained(tmp, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp)

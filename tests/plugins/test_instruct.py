@@ -99,7 +99,10 @@ def test_prepare_data_wrapper_rerenders_only_training_rows(tmp_path):
 
 # ------------------------------------------------------------------ end to end: the claim of the issue
 
-SHORT = ("train.max_steps=400", "eval.base=false", "data.eval_size=40", "eval.max_samples=40", "train.logging_steps=10")
+SHORT = ("train.max_steps=1000", "eval.base=false", "data.eval_size=40", "eval.max_samples=40", "train.logging_steps=50")
+"""Measured with these settings (2 cores): single template: seen 0.60, held-out mean 0.008 (worst 0.0,
+spread 0.025); randomized: held-out mean 0.47 (worst 0.30, spread 0.35), all templates spread 0.35 vs 0.60.
+At 400 steps the randomized run had not learned the task yet (0.0 everywhere): it needs more steps."""
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ def test_robustness_metrics_per_seen_and_heldout_template(single_and_randomized)
     for run in (single, randomized):
         saved = json.loads((run.dir / "metrics.json").read_text())
         assert saved["final"]["templates_by_template"]["heldout"].keys() == set(instruct.HELDOUT)
-        assert saved["train"]["steps"] == 400
+        assert saved["train"]["steps"] == 1000
         final = run.metrics["final"]
         scores = list(final["templates_by_template"]["heldout"].values())
         assert final["templates_heldout_worst"] == min(scores)
@@ -131,6 +134,22 @@ def test_robustness_metrics_per_seen_and_heldout_template(single_and_randomized)
     assert randomized.metrics["instruct"]["templates_used"] > 150
     assert single.metrics["instruct"]["templates_used"] == 1
     assert list(single.metrics["final"]["templates_by_template"]["seen"]) == [instruct.PRIMARY]
+
+
+@pytest.mark.slow
+def test_randomized_templates_generalize_to_heldout_templates(single_and_randomized):
+    """The issue's claim, same model, data, steps and seed; both runs' numbers are in metrics.json."""
+    single = json.loads((single_and_randomized["instruct_tiny_single"].dir / "metrics.json").read_text())["final"]
+    randomized = json.loads((single_and_randomized["instruct_tiny"].dir / "metrics.json").read_text())["final"]
+    assert single["templates_seen_mean"] >= 0.3, single  # the baseline did learn the task, on its own template
+    # on templates never trained on, the randomized run is far better on average and in the worst case
+    assert randomized["templates_heldout_mean"] > single["templates_heldout_mean"] + 0.2, (single, randomized)
+    assert randomized["templates_heldout_worst"] > single["templates_heldout_worst"], (single, randomized)
+    # and its quality depends less on the phrasing: a smaller gap between best and worst template overall.
+    # (Over held-out templates alone the baseline's spread is the smaller one, because it fails on all of them.)
+    assert randomized["templates_all_spread"] < single["templates_all_spread"], (single, randomized)
+    every = [v for group in randomized["templates_by_template"].values() for v in group.values()]
+    assert randomized["templates_all_spread"] == pytest.approx(max(every) - min(every))
 
 
 @pytest.mark.slow
@@ -144,11 +163,15 @@ def test_compare_table_chart_and_loss_curves(single_and_randomized, tmp_path):
     lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in markdown.splitlines() if line.startswith("|")}
     assert lines[""] == ["instruct_tiny_single", "instruct_tiny"]
     assert lines["methods"] == ["sft, instruct", "sft, instruct"]
-    for label, key in (("held-out templates: mean", "templates_heldout_mean"), ("held-out templates: spread", "templates_heldout_spread")):
+    for label, key in (
+        ("held-out templates: mean", "templates_heldout_mean"),
+        ("held-out templates: spread", "templates_heldout_spread"),
+        ("all templates: spread", "templates_all_spread"),
+    ):
         assert [float(c) for c in lines[label]] == pytest.approx(
             [run.metrics["final"][key] for run in single_and_randomized.values()], abs=1e-3
         )
-    for label in ("parameters total / trainable", "training time (s)", "peak training memory (MiB)", "size on disk (MiB)", "perplexity"):
+    for label in ("parameters total / trainable", "training time (s)", "peak training memory (MiB)", "size on disk (MiB)", "perplexity (completions)"):
         assert all(lines[label]), label
     assert "held-out templates" in result.output  # the rich table in the terminal
     chart = matplotlib.image.imread(tmp_path / "cmp" / "compare.png")
