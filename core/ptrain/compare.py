@@ -138,6 +138,7 @@ ROWS: list[tuple[str, Callable[[RunSummary], str]]] = [
 
 CHART: list[tuple[str, tuple[str, ...]]] = [
     ("task metric", ("final", "task_metric")),
+    ("valid JSON", ("final", "valid_json_rate")),
     ("seen templates mean", ("final", "templates_seen_mean")),
     ("held-out mean", ("final", "templates_heldout_mean")),
     ("held-out worst", ("final", "templates_heldout_worst")),
@@ -216,33 +217,51 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |", *map(line, rows)]) + "\n"
 
 
+PANELS: list[tuple[str, tuple[str, ...]]] = [
+    ("inference memory (MiB)", ("final", "memory_footprint_mb")),
+    ("generation tokens/s", ("final", "generation_tokens_per_s")),
+    ("training time (s)", ("train", "train_time_s")),
+    ("eval perplexity (completions)", ("final", "perplexity")),
+]
+"""Panels after the quality panel, one bar per run: (title, where in metrics.json). A panel no run has is left out."""
+
+
 def chart(runs: list[RunSummary], path: Path) -> Path:
-    """A PNG: task metric and template robustness per run (left), perplexity per run (right)."""
+    """A PNG: quality per run (task metric, valid JSON, template robustness), then one panel per
+    measurement any run has (inference memory, generation speed, training time, perplexity)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (quality, ppl) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, gridspec_kw={"width_ratios": [3, 1]})
+    panels = [(title, key) for title, key in PANELS if any(isinstance(r.get(*key), (int, float)) for r in runs)]
+    fig, axes = plt.subplots(
+        1, 1 + len(panels), figsize=(6 + 3 * len(panels), 4.8), dpi=100,
+        gridspec_kw={"width_ratios": [3] + [1.4] * len(panels)}, squeeze=False,
+    )
+    quality, others = axes[0][0], axes[0][1:]
     metrics = [(name, key) for name, key in CHART if any(r.get(*key) is not None for r in runs)]
     width = 0.8 / max(len(runs), 1)
     for i, run in enumerate(runs):
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(metrics))]
         values = [run.get(*key) or 0.0 for _, key in metrics]
-        bars = quality.bar(xs, values, width, label=run.label)
+        bars = quality.bar(xs, values, width, label=f"{i + 1}. {run.label}", color=f"C{i % 10}")
         quality.bar_label(bars, labels=[_num(run.get(*key), 2) for _, key in metrics], fontsize=7, padding=1)
     quality.set_xticks(range(len(metrics)), [name for name, _ in metrics], fontsize=8)
-    quality.set_ylim(0, 1.05)
+    quality.set_ylim(0, 1.1)
     quality.set_ylabel("score")
-    quality.set_title("task metric and template robustness (final)")
+    quality.set_title("quality (final)")
     quality.grid(axis="y", alpha=0.3)
     if runs:
-        quality.legend(fontsize=8)
-    perplexities = [run.get("final", "perplexity") for run in runs]
-    ppl.bar(range(len(runs)), [p or 0.0 for p in perplexities], color=[f"C{i}" for i in range(len(runs))])
-    ppl.set_xticks(range(len(runs)), [run.label for run in runs], rotation=20, ha="right", fontsize=8)
-    ppl.set_title("eval perplexity (final)")
-    ppl.grid(axis="y", alpha=0.3)
+        quality.legend(fontsize=7, loc="lower left")
+    for axis, (title, key) in zip(others, panels, strict=True):
+        values = [r.get(*key) if isinstance(r.get(*key), (int, float)) else 0.0 for r in runs]
+        bars = axis.bar(range(len(runs)), values, color=[f"C{i % 10}" for i in range(len(runs))])
+        axis.bar_label(bars, labels=[_num(v, 3) if v else "" for v in values], fontsize=6, padding=1)
+        axis.set_xticks(range(len(runs)), [str(i + 1) for i in range(len(runs))], fontsize=7)
+        axis.set_xlabel("run (legend order)", fontsize=7)
+        axis.set_title(title, fontsize=9)
+        axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial.png")
