@@ -120,28 +120,24 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
 
 
-def bitsandbytes_problem() -> str | None:
-    """Why bitsandbytes cannot be used (not installed, too old), read from package metadata without importing it."""
+def package_problem(package: str, minimum: tuple[int, int], why_minimum: str) -> str | None:
+    """Why ``package`` cannot be used (not installed, too old), read from its metadata without importing it."""
     try:
-        version = importlib.metadata.version("bitsandbytes")
+        version = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        return "bitsandbytes is not installed; pip install 'bitsandbytes>=0.45'"
+        return f"{package} is not installed; pip install '{package}>={minimum[0]}.{minimum[1]}'"
     found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    if found < MIN_BITSANDBYTES:
-        return f"bitsandbytes {version} is too old (CPU and multi-backend support need >= 0.45); pip install -U bitsandbytes"
+    if found < minimum:
+        return f"{package} {version} is too old ({why_minimum}); pip install -U {package}"
     return None
+
+
+def bitsandbytes_problem() -> str | None:
+    return package_problem("bitsandbytes", MIN_BITSANDBYTES, "CPU and multi-backend support need >= 0.45")
 
 
 def torchao_problem() -> str | None:
-    """Why torchao cannot be used (not installed, too old), read from package metadata without importing it."""
-    try:
-        version = importlib.metadata.version("torchao")
-    except importlib.metadata.PackageNotFoundError:
-        return "torchao is not installed; pip install torchao"
-    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    if found < MIN_TORCHAO:
-        return f"torchao {version} is too old (its int8 weights export to safetensors from 0.16); pip install -U torchao"
-    return None
+    return package_problem("torchao", MIN_TORCHAO, "its int8 weights export to safetensors from 0.16")
 
 
 def backend(variant: str) -> str:

@@ -205,7 +205,7 @@ def test_missing_bitsandbytes_is_a_recipe_error_naming_the_variant(monkeypatch):
 @pytest.mark.parametrize(
     ("installed", "message"),
     [
-        (None, r"quantize\.variants: variant 'ao-int8-dynamic' cannot be made: torchao is not installed; pip install torchao$"),
+        (None, r"quantize\.variants: variant 'ao-int8-dynamic' cannot be made: torchao is not installed; pip install 'torchao>=0\.16'$"),
         ("0.15.0", r"quantize\.variants: variant 'ao-int8-dynamic' cannot be made: torchao 0\.15\.0 is too old .*pip install -U torchao$"),
     ],
 )
