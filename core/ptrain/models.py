@@ -78,13 +78,12 @@ def builtin_checkpoint(name: str, seed: int) -> Path:
     from ptrain.artifacts import atomic_dir
 
     # the spec's and tokenizer's hash in the name: a changed built-in never reuses an old checkpoint
-    spec = BUILTIN_MODELS[name]
+    spec = dict(BUILTIN_MODELS[name])
     tokenizer_file = ASSETS / spec.get("tokenizer", name) / "tokenizer.json"
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + tokenizer_file.read_bytes()).hexdigest()[:8]
     target = cache_dir() / "builtin" / f"{name}-{digest}-seed{seed}"
     if (target / "config.json").is_file():
         return target
-    spec = dict(BUILTIN_MODELS[name])
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / spec.pop("tokenizer", name))
     config = AutoConfig.for_model(
         spec.pop("model_type"),
