@@ -88,10 +88,11 @@ def test_cross_tokenizer_twin_beats_the_labeled_only_baseline(run_recipe, traine
     for who in ("teacher", "student", "baseline"):
         assert set(report[who]) >= {"parameters", "generation_tokens_per_s", "task_metric", "eval_loss", "memory_footprint_mb"}
     assert report["student"]["size_on_disk_mb"] > 0 and report["teacher"]["size_on_disk_mb"] > 0
-    # measured at 300 steps (2 cores): eval loss 3.00 distilled vs 4.09 baseline, task metric 0.007 vs 0.0;
-    # the tiny gpt2-like student needs more steps for a clear task-metric margin (see the issue report)
-    assert report["student"]["eval_loss"] < report["baseline"]["eval_loss"] - 0.5, report
-    assert report["student"]["task_metric"] >= report["baseline"]["task_metric"], report
+    # measured at the recipe's 1000 steps (2 cores): exact match 0.43 distilled vs 0.05 baseline (teacher 0.49),
+    # eval loss 1.01 vs 4.08. (At 300 steps the gpt2-like student had not learned the tasks at all: 0.007 vs 0.0.)
+    assert report["student"]["eval_loss"] < report["baseline"]["eval_loss"] - 1.0, report
+    assert report["student"]["task_metric"] > report["baseline"]["task_metric"] + 0.2, report
+    assert report["quality_ratio"] > 0.5, report
     assert report["quality_ratio"] == pytest.approx(report["student"]["task_metric"] / report["teacher"]["task_metric"], abs=1e-3)
 
     assert (run.dir / "distill" / CACHE).is_file()
