@@ -29,7 +29,7 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     "tiny-llama": {
         "model_type": "llama",
         "hidden_size": 128,
-        "intermediate_size": 352,
+        "intermediate_size": 384,
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,

@@ -203,6 +203,10 @@ def load_teacher(run: Run) -> tuple[Any, Any]:
         raise UsageError(str(err).replace("model.name", "distill.teacher", 1)) from err
     teacher.requires_grad_(False)
     teacher.eval()
+    if section.teacher_load_in == "4bit":
+        from ptrain.bnb import keep_off_packed_path
+
+        keep_off_packed_path(teacher, training=False)
     return teacher, tokenizer
 
 

@@ -89,6 +89,8 @@ def quantized_summary(model: Any) -> dict[str, Any]:
 def load_model(run: Run) -> Any:
     from peft import prepare_model_for_kbit_training
 
+    from ptrain.bnb import keep_off_packed_path
+
     check_composition(run)
     run.model_kwargs["quantization_config"] = quantization_config(run)
     loaded = yield
@@ -101,6 +103,8 @@ def load_model(run: Run) -> Any:
         summary["quant_type"],
         summary["base_memory_footprint_mb"],
     )
+    # bitsandbytes' packed CPU kernel (AVX512-BF16) has no backward: a model that trains stays off it
+    keep_off_packed_path(loaded.model, training=True)
     run.metrics["qlora"] = summary
     prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=run.recipe.train.gradient_checkpointing)
     return loaded

@@ -187,9 +187,10 @@ def compute_dtype(name: str) -> Any:
     return torch.float32
 
 
-def quantization_config(variant: str, section: QuantizeSection) -> Any:
-    """The transformers ``quantization_config`` that makes ``variant`` in ``from_pretrained``."""
-    return torchao_config(variant) if backend(variant) == "torchao" else bnb_config(variant, section)
+def quantization_config(variant: str, section: QuantizeSection, skip: list[str] | None = None) -> Any:
+    """The transformers ``quantization_config`` that makes ``variant`` in ``from_pretrained``; ``skip`` names
+    modules a 4-bit variant leaves unquantized."""
+    return torchao_config(variant) if backend(variant) == "torchao" else bnb_config(variant, section, skip)
 
 
 def torchao_config(variant: str) -> Any:
@@ -200,7 +201,7 @@ def torchao_config(variant: str) -> Any:
     return TorchAoConfig(quant_type=getattr(torchao.quantization, name)(**options))
 
 
-def bnb_config(variant: str, section: QuantizeSection) -> Any:
+def bnb_config(variant: str, section: QuantizeSection, skip: list[str] | None = None) -> Any:
     from transformers import BitsAndBytesConfig
 
     options = dict(VARIANTS[variant])
@@ -208,6 +209,8 @@ def bnb_config(variant: str, section: QuantizeSection) -> Any:
         options["llm_int8_threshold"] = section.llm_int8_threshold
     else:
         options["bnb_4bit_compute_dtype"] = compute_dtype(section.compute_dtype)
+        if skip:
+            options["llm_int8_skip_modules"] = list(skip)
     return BitsAndBytesConfig(**options)
 
 
@@ -349,17 +352,27 @@ def _load(location: str, **kwargs: Any) -> Any:
 
 def quantize_and_measure(run: Run, section: QuantizeSection, source: str) -> list[str]:
     from ptrain.artifacts import atomic_dir, dir_size
+    from ptrain.bnb import four_bit_skip_modules
     from ptrain.models import resolve_dtype
 
     tokenizer = _tokenizer(source, run.tokenizer)
     dtype = compute_dtype(section.compute_dtype)
     written: list[str] = []
+    # 4-bit layers whose shape bitsandbytes' packed CPU kernel (AVX512-BF16) cannot take stay unquantized,
+    # so every export reloads and generates with plain from_pretrained on any CPU
+    skip = four_bit_skip_modules(source) if any(v in VARIANTS and v != "int8" for v in section.variants) else None
+    if skip:
+        run.log.warning(
+            "quantize: %d layers stay unquantized in the 4-bit variants, their shape does not fit bitsandbytes' "
+            "4-bit CPU layout (out_features a multiple of 32, in_features of 64): %s", len(skip), ", ".join(skip),
+        )
+    unquantized = {v: skip for v in section.variants if skip and v in VARIANTS and v != "int8"}
     for variant in section.variants:
         target = run.dir / "quantized" / variant
         run.log.info("quantize: %s -> %s", variant, target)
         with atomic_dir(target) as tmp:
             try:
-                config = quantization_config(variant, section)
+                config = quantization_config(variant, section, unquantized.get(variant))
                 model = _load(source, quantization_config=config, dtype=dtype, device_map=_device())
             except Exception as err:
                 raise UsageError(f"quantize variant {variant!r}: cannot quantize {source} ({type(err).__name__}: {err})") from err
@@ -389,6 +402,8 @@ def quantize_and_measure(run: Run, section: QuantizeSection, source: str) -> lis
             if name != UNQUANTIZED:
                 rows[name]["backend"] = backends[name]
                 rows[name]["disk_mb"] = round(dir_size(location) / 2**20, 3)
+                if name in unquantized:
+                    rows[name]["unquantized_modules"] = unquantized[name]
         rows[UNQUANTIZED]["disk_mb"] = _weights_mb(source)
         _compare(rows)
         window = {key: rows[UNQUANTIZED].get(key) for key in ("perplexity_tokens", "window", "stride")}
