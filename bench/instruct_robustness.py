@@ -13,9 +13,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from ptrain.cli import cli
-from ptrain.recipe import load_recipe
-from ptrain.run import execute
+from ptrain._cli import cli
+from ptrain._lifecycle import execute
+from ptrain._recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -26,7 +26,7 @@ CONFIGS = {"full": "sft_tiny.toml", "lora": "lora_tiny.toml", "qlora": "qlora_ti
 
 
 def run_one(name: str, recipe: Path, overrides: list[str], out: Path) -> dict:
-    command = [sys.executable, "-c", "from ptrain.cli import main; main()", "run", str(recipe), "--output-dir", str(out), "--overwrite"]
+    command = [sys.executable, "-c", "from ptrain._cli import main; main()", "run", str(recipe), "--output-dir", str(out), "--overwrite"]
     for item in overrides:
         command += ["--set", item]
     started = time.perf_counter()

@@ -66,8 +66,8 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from ptrain.artifacts import dir_size
-    from ptrain.evaluation import generate, sliding_window_perplexity
+    from ptrain._artifacts import dir_size
+    from ptrain._evaluation import generate, sliding_window_perplexity
     from ptrain_methods.quantize import (
         QuantizeSection,
         _load,

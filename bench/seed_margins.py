@@ -125,7 +125,7 @@ def run(scenario: Scenario, seed: int, out: Path) -> dict[str, Any] | None:
         return json.loads(result_file.read_text())
     base = out / "runs" / f"{scenario.needs}-seed{seed}" if scenario.needs else None
     overrides = [o.replace("{base}", str(base)) for o in scenario.overrides]
-    command = [sys.executable, "-m", "ptrain.cli", "run", recipe_path(scenario), "--output-dir", str(run_dir), "--overwrite",
+    command = [sys.executable, "-m", "ptrain", "run", recipe_path(scenario), "--output-dir", str(run_dir), "--overwrite",
                "--set", f"seed={seed}", *[a for o in overrides for a in ("--set", o)]]
     print(f"== {scenario.name} seed {seed}", flush=True)
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

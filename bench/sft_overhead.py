@@ -27,9 +27,9 @@ HAND_WRITTEN = textwrap.dedent(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
     import datasets
-    from ptrain.models import builtin_checkpoint
-    from ptrain.tasks import generate
-    from ptrain.config import ALPACA_TEMPLATE
+    from ptrain._models import builtin_checkpoint
+    from ptrain._tasks import generate
+    from ptrain._sections import ALPACA_TEMPLATE
 
     steps, out = int(sys.argv[1]), sys.argv[2]
     datasets.disable_progress_bars()
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ptrain_wall, _ = timed(
-            [sys.executable, "-m", "ptrain.cli", "run", "recipes/sft_tiny.toml", "--output-dir", f"{tmp}/ptrain",
+            [sys.executable, "-m", "ptrain", "run", "recipes/sft_tiny.toml", "--output-dir", f"{tmp}/ptrain",
              "--set", f"train.max_steps={args.steps}", "--set", "eval.base=false", "--set", "train.save_steps=0"]
         )
         ptrain = json.loads(Path(f"{tmp}/ptrain/metrics.json").read_text())

@@ -33,9 +33,9 @@ def run_recipe(tmp_path):
     ``run_recipe(RECIPES / "sft_tiny.toml", "train.max_steps=50")`` or
     ``run_recipe({"methods": ["sft"], "model": {...}, "data": {...}})``.
     """
-    from ptrain.plugins import PluginRegistry
-    from ptrain.recipe import load_recipe, load_recipe_dict
-    from ptrain.run import execute
+    from ptrain._lifecycle import execute
+    from ptrain._recipe import load_recipe, load_recipe_dict
+    from ptrain._registry import PluginRegistry
 
     def run(recipe, *overrides: str, output_dir=None, extra_plugins=None, **kwargs):
         registry = PluginRegistry.discover(extra=extra_plugins)
@@ -56,7 +56,7 @@ def trained_tiny_llama(tmp_path_factory):
     knows the reverse and uppercase tasks (about 50 % exact match), usable as a teacher or as a
     model to quantize.
     """
-    from ptrain.recipe import load_recipe
-    from ptrain.run import execute
+    from ptrain._lifecycle import execute
+    from ptrain._recipe import load_recipe
 
     return execute(load_recipe(RECIPES / "sft_tiny.toml"), output_dir=str(tmp_path_factory.mktemp("sft_tiny") / "run"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ptrain.cli import cli
+from ptrain._cli import cli
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -1,18 +1,84 @@
 """ptrain: plugin-based, recipe-driven LLM post-training.
 
-The public API a method needs::
+``ptrain.__all__`` is the whole API a plugin may use; everything else (the modules whose names
+start with ``_``) is internal and may change without notice. The contract is in
+:mod:`ptrain.hookspecs`; the plugin-author testing kit in :mod:`ptrain.testing`.
 
-    from ptrain import hookimpl, Run, LoadedModel, DataSplits, RecipeError
-
-Importing ``ptrain`` imports no heavy library; the modules that touch torch do so inside
-functions.
+Importing ``ptrain`` imports no heavy library: the functions that need torch import it when called.
 """
 
 from __future__ import annotations
 
-from ptrain.errors import DataError, PtrainError, RecipeError, UsageError
+from ptrain._artifacts import atomic_dir, dir_size, write_json, write_jsonl, write_text
+from ptrain._bnb import unfit_4bit_layers
+from ptrain._data import chat_prompt, render_prompt, to_dataset
+from ptrain._errors import DataError, PtrainError, RecipeError, UsageError
+from ptrain._evaluation import (
+    METRICS,
+    Generations,
+    completion_logprobs,
+    completion_loss,
+    exact_match,
+    generate,
+    json_match,
+    metric_for,
+    perplexity,
+    sliding_window_perplexity,
+    task_scores,
+    valid_json,
+)
+from ptrain._formats import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT, chat_messages, conversation, text_field
+from ptrain._memory import MemoryUsage, footprint_bytes, measure_memory, memory_in_use_mb
+from ptrain._models import (
+    check_model_name,
+    frozen_copy,
+    is_adapter_model,
+    load_pretrained,
+    model_location,
+    resolve_dtype,
+)
+from ptrain._paths import is_local
+from ptrain._recipe import Recipe
+from ptrain._run import Run
+from ptrain._sections import DataSection, EvalSection, ModelSection, TrainSection, check_template
+from ptrain._tasks import TASKS, Task
+from ptrain._tasks import generate as generate_tasks
+from ptrain._training import train_auxiliary, training_arguments, world_size
+from ptrain._types import (
+    ROW_FIELDS,
+    DataFormat,
+    DataRequest,
+    DataSource,
+    DataSplits,
+    LoadedModel,
+    ReportRow,
+    RewardFunction,
+    TrainingSetup,
+)
 from ptrain.hookspecs import hookimpl
-from ptrain.run import DataSplits, LoadedModel, Run
 
-__version__ = "0.1.0"
-__all__ = ["hookimpl", "Run", "LoadedModel", "DataSplits", "RecipeError", "UsageError", "DataError", "PtrainError"]
+__version__ = "0.2.0"
+__all__ = [
+    # the contract
+    "hookimpl", "Run", "Recipe", "LoadedModel", "DataSplits", "TrainingSetup", "ReportRow",
+    "DataFormat", "DataSource", "DataRequest", "ROW_FIELDS", "RewardFunction",
+    "ModelSection", "DataSection", "TrainSection", "EvalSection",
+    # errors
+    "PtrainError", "UsageError", "RecipeError", "DataError",
+    # checks at validation (nothing heavy)
+    "check_template", "check_model_name", "is_local",
+    # models
+    "load_pretrained", "model_location", "resolve_dtype", "unfit_4bit_layers", "frozen_copy", "is_adapter_model",
+    # data
+    "to_dataset", "render_prompt", "chat_prompt", "text_field", "chat_messages", "conversation",
+    "ALPACA_TEMPLATE", "ALPACA_TEMPLATE_NO_INPUT", "TASKS", "Task", "generate_tasks",
+    # training
+    "training_arguments", "train_auxiliary", "world_size",
+    # measuring
+    "generate", "Generations", "completion_loss", "completion_logprobs", "task_scores", "metric_for", "METRICS",
+    "exact_match", "json_match", "valid_json", "perplexity", "sliding_window_perplexity",
+    "measure_memory", "MemoryUsage", "memory_in_use_mb", "footprint_bytes",
+    # writing
+    "atomic_dir", "write_json", "write_jsonl", "write_text", "dir_size",
+    "__version__",
+]

@@ -1,25 +1,38 @@
-"""The whole plugin contract of ptrain: one function per hook.
+"""The whole plugin contract of ptrain: one function per hook, each with its result rule.
 
 A method (``sft``, ``lora``, your own ``dpo``…) is a module of ``@ptrain.hookimpl`` functions
-registered under the ``ptrain`` entry-point group. Only methods named in a recipe's ``methods = [...]``
-take part in a run, and **the recipe's order is the call order**: the first method listed is
-called first and is the outermost wrapper. The core's own defaults run last (``trylast``).
+registered under the ``ptrain`` entry-point group. Only plugins named in a recipe's
+``methods = [...]`` take part in a run, and **the recipe's order is the call order**: the first
+listed is called first and is the outermost wrapper. The core's own implementations (the
+``core`` plugin) run last (``trylast``), so any method can replace or wrap them. A plugin uses
+only the names in ``ptrain.__all__``.
 
-One run fires the hooks in this order::
+Kinds of plugin, by the hooks they implement (``ptrain list`` shows the kind):
 
-    recipe_sections    (while validating, before anything heavy is imported)
-    load_model         -> run.model, run.tokenizer
-    prepare_data       -> run.train_dataset, run.eval_dataset
-    evaluate(stage="base")
-    build_trainer      -> run.trainer;  the core then calls trainer.train()
-    evaluate(stage="final")
-    export
+* a **trainer** owns ``build_trainer`` (at most one per recipe);
+* a **modifier** changes what others do: ``load_model``/``prepare_data``/``build_trainer``
+  wrappers, ``training_setup``, ``evaluate``, ``export``;
+* a **data** plugin adds ``data_formats`` or ``data_sources``; a **reward** plugin adds
+  ``reward_functions``.
 
-Every hook receives the :class:`ptrain.Run` of the current run, which carries the validated
-recipe (``run.recipe``, ``run.section(name)``), the run directory (``run.dir``), a logger and what
-earlier hooks produced. Plugin modules must import heavy libraries (torch, transformers, peft,
-trl) inside their functions, never at module level, so that ``ptrain list`` and recipe
-validation stay fast.
+When hooks fire::
+
+    ptrain validate / ptrain run      (nothing heavy imported)
+      recipe_sections, data_formats, data_sources, reward_functions   -> the recipe is checked
+      validate_recipe(recipe)                                          -> whole-recipe checks
+      (local data files are read and every row normalised: errors name file and line)
+    ptrain run
+      load_model(run)          -> run.model, run.tokenizer
+      prepare_data(run)        -> run.train_dataset, run.eval_dataset
+      evaluate(run, "base")
+      training_setup(run)      -> arguments and callbacks for the trainer about to be built
+      build_trainer(run)       -> run.trainer; the core calls trainer.train()
+      evaluate(run, "final")
+      export(run)
+      report_rows()            -> the end-of-run table (and later ``ptrain compare``)
+
+Hooks that run during a run receive the :class:`ptrain.Run`; plugin modules import heavy
+libraries (torch, transformers, peft, trl) inside their functions, never at module level.
 """
 
 from __future__ import annotations
@@ -29,24 +42,100 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from ptrain.run import DataSplits, LoadedModel, Run
+    from ptrain._recipe import Recipe
+    from ptrain._run import Run
+    from ptrain._types import (
+        DataFormat,
+        DataSource,
+        DataSplits,
+        LoadedModel,
+        ReportRow,
+        RewardFunction,
+        TrainingSetup,
+    )
 
 hookspec = pluggy.HookspecMarker("ptrain")
 hookimpl = pluggy.HookimplMarker("ptrain")
 
 
+# ------------------------------------------------------------------ declaring (at validation, nothing heavy)
+
+
 @hookspec
 def recipe_sections() -> dict[str, type]:
-    """Declare the recipe sections this method owns and their schemas.
+    """Declare the recipe sections this plugin owns and their schemas.
 
-    :return: a mapping from section name (``"lora"``) to a dataclass whose fields are the
-        section's keys, with type hints and defaults. The core validates the section against it
-        before anything heavy is imported: unknown keys, wrong types and missing required fields
-        are recipe errors. A dataclass may define ``validate(self) -> None`` raising
-        :class:`ptrain.RecipeError` for checks across fields.
+    :return: section name (``"lora"``) -> a dataclass whose fields are the section's keys, with
+        type hints and defaults. The core validates the section against it before anything heavy
+        is imported: unknown keys, wrong types and missing required fields are recipe errors. The
+        dataclass may define ``validate(self) -> None`` raising :class:`ptrain.RecipeError` for
+        checks across its own fields.
 
-    Result rule: all results are collected; two methods claiming one section is an error.
+    Result rule: all results are collected; two plugins claiming one section is an error.
     """
+
+
+@hookspec
+def validate_recipe(recipe: Recipe) -> None:
+    """Check the whole recipe: what one section's ``validate`` cannot see.
+
+    :param recipe: the validated :class:`ptrain.Recipe`: ``recipe.methods``, ``recipe.section(name)``,
+        ``recipe.trainer_owner`` (the method that builds the trainer, or None), ``recipe.data_fields``
+        (the normalised fields every data row will have, or None when only loading can tell).
+    :raise RecipeError: with ``key=`` the recipe key at fault (``"methods"``, ``"data.source"``);
+        the core adds the file that set it. ``ptrain validate`` exits 2 with that one line.
+
+    Result rule: every implementation is called (recipe order, the core's last); the first error stops.
+    Runs before anything heavy is imported: read package metadata, never import torch.
+    """
+
+
+@hookspec
+def data_formats() -> list[DataFormat]:
+    """Data layouts this plugin can read (``data.format = "<name>"``).
+
+    :return: :class:`ptrain.DataFormat` objects. The core registers its own the same way:
+        ``prompt_completion``, ``alpaca``, ``dolly``, ``messages``, ``preference``, ``unpaired``, ``text``.
+
+    Result rule: all results are collected; a name registered twice is an error.
+    """
+
+
+@hookspec
+def data_sources() -> list[DataSource]:
+    """Places rows can come from (``data.source = "..."``).
+
+    :return: :class:`ptrain.DataSource` objects. The core's: local ``.jsonl``/``.json``/``.csv``/
+        ``.parquet`` files, ``builtin:tasks``, ``builtin:preferences``, and hub datasets.
+
+    Result rule: all results are collected; the first source (recipe order, the core's last) whose
+    ``matches`` accepts the value reads it.
+    """
+
+
+@hookspec
+def reward_functions() -> list[RewardFunction]:
+    """Named reward functions for online RL methods (``rewards = { name = weight }`` in a recipe).
+
+    :return: :class:`ptrain.RewardFunction` objects.
+
+    Result rule: all results are collected; a name registered twice is an error.
+    """
+
+
+@hookspec
+def report_rows() -> list[ReportRow]:
+    """Rows this plugin wants in the end-of-run table and in ``ptrain compare``.
+
+    :return: :class:`ptrain.ReportRow` objects, each a dotted path into ``metrics.json``.
+
+    Result rule: all results are collected, the core's rows first, then the methods' in recipe
+    order. A finished run saves them in ``metrics.json`` (``report``), so ``compare`` shows them
+    even where the plugin is no longer installed.
+    """
+
+
+# ------------------------------------------------------------------ running
 
 
 @hookspec(firstresult=True)
@@ -54,13 +143,13 @@ def load_model(run: Run) -> LoadedModel | None:
     """Load the model to train and its tokenizer.
 
     :param run: the current run. ``run.model_kwargs`` holds extra keyword arguments for
-        ``from_pretrained`` that wrappers may fill before the core loads (e.g. a quantization
-        config).
+        ``from_pretrained`` that wrappers may fill before the core loads (a quantization config).
     :return: a :class:`ptrain.LoadedModel` ``(model, tokenizer)``.
 
-    Result rule: stops at the first non-None result. The core's loader runs last. Methods that
+    Result rule: stops at the first non-None result; the core's loader runs last. Methods that
     adapt the model (LoRA, quantization, a teacher) implement this hook with ``wrapper=True``:
-    ``loaded = yield`` gives the result, and the wrapper returns the adapted one.
+    ``loaded = yield`` gives the result, and the wrapper returns the adapted one. To load another
+    model (a teacher, a reference), call :func:`ptrain.load_pretrained`, never this hook.
     """
 
 
@@ -69,12 +158,27 @@ def prepare_data(run: Run) -> DataSplits | None:
     """Produce the training and evaluation datasets.
 
     :param run: the current run; ``run.tokenizer`` is already loaded.
-    :return: a :class:`ptrain.DataSplits` ``(train, eval)`` of ``datasets.Dataset`` with at least
-        the columns ``prompt``, ``completion`` (rendered text) and ``instruction``, ``input``,
-        ``output`` (the raw fields, so wrappers can re-render prompts).
+    :return: a :class:`ptrain.DataSplits` ``(train, eval)`` of ``datasets.Dataset`` with the
+        normalised fields (see :class:`ptrain.DataFormat`) plus ``prompt`` and ``completion``, the
+        rendered text the trainer sees.
 
     Result rule: stops at the first non-None result; the core's loader runs last. Methods that
     transform data implement this hook with ``wrapper=True``.
+    """
+
+
+@hookspec
+def training_setup(run: Run) -> TrainingSetup | None:
+    """Contribute to the trainer another method is about to build, before it is built.
+
+    :param run: the current run, with model and datasets.
+    :return: a :class:`ptrain.TrainingSetup`: ``arguments`` (``TrainingArguments`` fields, applied
+        by :func:`ptrain.training_arguments` for the owner) and ``callbacks`` (added by the core to
+        the built trainer), or None.
+
+    Result rule: all results are collected in recipe order; two methods setting one argument to
+    different values is an error. A recipe with a plugin implementing this hook and no trainer
+    owner is rejected at validation.
     """
 
 
@@ -82,15 +186,16 @@ def prepare_data(run: Run) -> DataSplits | None:
 def build_trainer(run: Run) -> Any | None:
     """Build the trainer for this run.
 
-    :param run: the current run, with model, tokenizer and datasets loaded.
+    :param run: the current run, with model, tokenizer and datasets.
     :return: an object with a ``train(resume_from_checkpoint=None)`` method, in practice a
-        ``transformers.Trainer`` subclass. Build it with
-        :func:`ptrain.training.training_arguments` so recipe settings apply uniformly. The core
-        calls ``train()`` itself (it owns progress display, checkpoints and resume).
+        ``transformers.Trainer`` subclass. Build its arguments with :func:`ptrain.training_arguments`
+        so recipe settings and other methods' contributions apply. The core calls ``train()``
+        (it owns progress display, checkpoints and resume).
 
-    Result rule: stops at the first non-None result. At most one method of a recipe may
-    implement this hook; a recipe naming two is rejected at validation. A recipe with none does
-    not train (e.g. quantization of an existing model).
+    Result rule: stops at the first non-None result. At most one method of a recipe may own this
+    hook (a plain implementation): that method is ``recipe.trainer_owner``. A ``wrapper=True``
+    implementation is a modifier: it receives the owner's trainer (``trainer = yield``) and returns
+    it adapted. A recipe with no owner does not train (e.g. quantization of an existing model).
     """
 
 
@@ -100,9 +205,11 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
 
     :param run: the current run.
     :param stage: ``"base"`` (before training) or ``"final"`` (after training).
-    :return: a flat mapping of metric name to a JSON-serialisable value, or None.
+    :return: a flat mapping of metric name to a JSON-serialisable value, or None. Report other
+        models the method measured (a teacher, a quantized variant) with :meth:`ptrain.Run.record_model`.
 
-    Result rule: all results are collected and merged into ``metrics.json`` under the stage.
+    Result rule: all results are collected and merged into ``metrics.json`` under the stage
+    (the core's first, the methods' after).
     """
 
 
@@ -111,8 +218,9 @@ def export(run: Run) -> list[str] | None:
     """Write artifacts into the run directory.
 
     :param run: the current run, after training and evaluation.
-    :return: the paths written (relative to ``run.dir`` or absolute), or None.
+    :return: the paths written, or None.
 
-    Result rule: all implementations run. Write through :func:`ptrain.artifacts.atomic_dir` so an
-    interrupted export never leaves a directory that looks complete.
+    Result rule: all implementations run, the methods' first (recipe order), the core's last (it
+    saves ``run.model`` unless ``run.artifacts["model"]`` is set). Write through
+    :func:`ptrain.atomic_dir` so an interrupted export never leaves a directory that looks complete.
     """

@@ -21,7 +21,6 @@ Importing this module imports no heavy library.
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from collections.abc import Mapping
@@ -30,10 +29,11 @@ from typing import Any
 
 import pytest
 
-from ptrain.plugins import PluginRegistry
-from ptrain.recipe import Recipe, load_recipe, load_recipe_dict
-from ptrain.run import Run
+from ptrain._recipe import Recipe, load_recipe, load_recipe_dict
+from ptrain._registry import PluginRegistry
+from ptrain._run import Run
 
+__all__ = ["tiny_recipe", "registry", "validate", "execute", "ptrain_recipe", "ptrain_validate", "ptrain_run", "ptrain_cli"]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -57,19 +57,20 @@ def tiny_recipe(methods: list[str], **sections: Mapping[str, Any]) -> dict[str, 
 
 
 def registry(plugins: Mapping[str, Any] | None = None) -> PluginRegistry:
-    """The installed methods plus ``plugins`` (name -> module, object or module path), in-process only."""
-    return PluginRegistry.discover(extra=dict(plugins or {}))
+    """The installed plugins plus ``plugins`` (name -> module, object or module path), in-process only."""
+    return PluginRegistry.discover(extra=plugins)
 
 
 def validate(recipe: Mapping[str, Any] | str | Path, *overrides: str, plugins: Mapping[str, Any] | None = None) -> Recipe:
-    """Validate a recipe dict or file exactly as ``ptrain validate`` does (no heavy import)."""
+    """Validate a recipe dict or file exactly as ``ptrain validate`` does: sections, the whole recipe,
+    and every row of local data files (no heavy import)."""
     found = registry(plugins)
     if isinstance(recipe, Mapping):
-        if overrides:
-            from ptrain.recipe import _Provenance, apply_overrides
+        return load_recipe_dict(recipe, registry=found, overrides=overrides)
+    if not isinstance(recipe, (str, Path)):
+        from ptrain._errors import UsageError
 
-            recipe = apply_overrides(copy.deepcopy(dict(recipe)), overrides, _Provenance())
-        return load_recipe_dict(recipe, registry=found)
+        raise UsageError(f"validate() takes a recipe dict or a path to a recipe file, got {type(recipe).__name__}")
     return load_recipe(recipe, overrides, registry=found)
 
 
@@ -81,7 +82,7 @@ def execute(
     **kwargs: Any,
 ) -> Run:
     """Validate and run a recipe into ``output_dir``; returns the finished :class:`ptrain.Run`."""
-    from ptrain.run import execute as run_stages
+    from ptrain._lifecycle import execute as run_stages
 
     return run_stages(validate(recipe, *overrides, plugins=plugins), output_dir=str(output_dir), **kwargs)
 
@@ -125,7 +126,7 @@ def ptrain_cli() -> Any:
     """``ptrain_cli("validate", "recipe.toml") -> click.testing.Result`` (exit_code, output)."""
     from click.testing import CliRunner
 
-    from ptrain.cli import cli
+    from ptrain._cli import cli
 
     def invoke(*args: str) -> Any:
         return CliRunner().invoke(cli, list(args), catch_exceptions=False)

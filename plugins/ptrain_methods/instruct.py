@@ -25,8 +25,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ptrain import DataSplits, RecipeError, Run, hookimpl
-from ptrain.config import check_template
+from ptrain import (
+    TASKS,
+    DataSplits,
+    Recipe,
+    RecipeError,
+    ReportRow,
+    Run,
+    check_template,
+    generate,
+    hookimpl,
+    task_scores,
+    to_dataset,
+    write_json,
+)
 
 PREFIXES: dict[str, tuple[str, str]] = {
     "hash": ("### Instruction:\n", "### Input:\n"),
@@ -172,8 +184,6 @@ def randomize_rows(
     rows: list[dict[str, Any]], pool: list[Template], seed: int, paraphrase: bool
 ) -> tuple[list[dict[str, Any]], Counter[str], Counter[str]]:
     """Rows re-rendered with pool templates, with the template and instruction histograms."""
-    from ptrain.tasks import TASKS
-
     used: Counter[str] = Counter()
     wordings: Counter[str] = Counter()
     out = []
@@ -198,11 +208,35 @@ def recipe_sections() -> dict[str, type]:
     return {"instruct": InstructSection}
 
 
+@hookimpl
+def validate_recipe(recipe: Recipe) -> None:
+    fields = recipe.data_fields
+    if fields is not None and "instruction" not in fields:
+        raise RecipeError(
+            f"instruct re-renders instructions, and format {recipe.data_format!r} has none; use instruction data "
+            "(alpaca, dolly, prompt/completion, builtin:tasks)",
+            key="data.format",
+        )
+    if recipe.data.chat:
+        raise RecipeError("instruct renders its own prompt templates; remove data.chat (or instruct)", key="data.chat")
+
+
+@hookimpl
+def report_rows() -> list[ReportRow]:
+    return [
+        ReportRow("seen templates: mean", "final.templates_seen_mean", chart="quality"),
+        ReportRow("seen templates: worst", "final.templates_seen_worst"),
+        ReportRow("seen templates: spread", "final.templates_seen_spread"),
+        ReportRow("held-out templates: mean", "final.templates_heldout_mean", chart="quality"),
+        ReportRow("held-out templates: worst", "final.templates_heldout_worst", chart="quality"),
+        ReportRow("held-out templates: spread", "final.templates_heldout_spread", chart="quality"),
+        ReportRow("all templates: worst", "final.templates_all_worst"),
+        ReportRow("all templates: spread", "final.templates_all_spread", chart="quality"),
+    ]
+
+
 @hookimpl(wrapper=True)
 def prepare_data(run: Run) -> DataSplits:
-    from ptrain import artifacts
-    from ptrain.data import to_dataset
-
     splits = yield
     section: InstructSection = run.section("instruct")
     pool = training_pool(section)
@@ -225,7 +259,7 @@ def prepare_data(run: Run) -> DataSplits:
         "heldout": {t.name: t.text for t in heldout},
     }
     if run.is_main_process:
-        artifacts.write_json(run.dir / "templates.json", histogram)
+        write_json(run.dir / "templates.json", histogram)
     run.metrics["instruct"] = {
         **summary,
         "pool_size": histogram["pool_size"],
@@ -252,8 +286,6 @@ def evaluated_templates(run: Run, section: InstructSection, first_row: dict[str,
 
 @hookimpl
 def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
-    from ptrain.evaluation import generate, task_scores
-
     section: InstructSection = run.section("instruct")
     rows = run.eval_dataset.select(range(min(section.eval_rows, len(run.eval_dataset)))).to_list()
     if not rows:

@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ptrain import LoadedModel, RecipeError, Run, hookimpl
+from ptrain import (
+    LoadedModel,
+    Recipe,
+    RecipeError,
+    ReportRow,
+    Run,
+    atomic_dir,
+    dir_size,
+    hookimpl,
+    load_pretrained,
+)
 
 ALL_LINEAR = "all-linear"
 
@@ -69,6 +79,23 @@ def recipe_sections() -> dict[str, type]:
     return {"lora": LoraSection}
 
 
+@hookimpl
+def validate_recipe(recipe: Recipe) -> None:
+    if recipe.trainer_owner is None:
+        raise RecipeError(
+            f"lora adds adapters for a trainer to train, and no method in methods builds one; add one (e.g. methods = {['sft', *recipe.methods]!r})",
+            key="methods",
+        )
+
+
+@hookimpl
+def report_rows() -> list[ReportRow]:
+    return [
+        ReportRow("adapter size (MiB)", "final.adapter_size_mb"),
+        ReportRow("LoRA trainable share (%)", "lora.trainable_percent"),
+    ]
+
+
 def linear_module_names(model: Any) -> list[str]:
     """Distinct short names of the model's linear layers (``q_proj``, ``c_attn``…), the valid targets."""
     import torch
@@ -118,7 +145,7 @@ def load_model(run: Run) -> Any:
     loaded = yield
     section: LoraSection = run.section("lora")
     model = loaded.model
-    check_targets(model, section.target_modules, str(run.recipe.path) if run.recipe.path else None)
+    check_targets(model, section.target_modules, run.recipe.source_of("lora.target_modules"))
     if run.recipe.train.gradient_checkpointing:
         # checkpointed blocks need an input that requires grad, or no gradient reaches the adapters
         model.enable_input_require_grads()
@@ -139,37 +166,33 @@ def merged_model(run: Run, adapter_dir: Path) -> Any:
     """The saved adapter merged into a fresh, unquantized copy of the base at the recipe's dtype."""
     from peft import PeftModel
 
-    from ptrain.models import load_model as load_base
-
     extra = {k: v for k, v in run.model_kwargs.items() if k not in ("quantization_config", "device_map")}
-    base, _ = load_base(run.recipe.model, run.recipe.seed, extra)
+    base, _ = load_pretrained(run.recipe.model, seed=run.recipe.seed, **extra)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
 
 @hookimpl
 def export(run: Run) -> list[str]:
-    from ptrain import artifacts
-
     if not run.recipe.output.save_model:
         return []
     section: LoraSection = run.section("lora")
     adapter = run.dir / "adapter"
-    with artifacts.atomic_dir(adapter) as tmp:
+    with atomic_dir(adapter) as tmp:
         run.model.save_pretrained(tmp, safe_serialization=True)
         run.tokenizer.save_pretrained(tmp)
     run.artifacts["adapter"] = str(adapter)
     final = run.metrics.setdefault("final", {})
-    final["adapter_size_mb"] = round(artifacts.dir_size(adapter) / 2**20, 3)
+    final["adapter_size_mb"] = round(dir_size(adapter) / 2**20, 3)
     written = [str(adapter)]
     if section.merge:
         target = run.dir / "model"
-        with artifacts.atomic_dir(target) as tmp:
+        with atomic_dir(target) as tmp:
             model = merged_model(run, adapter)
             model.save_pretrained(tmp, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
             del model
         run.artifacts["model"] = str(target)
-        final["model_size_mb"] = round(artifacts.dir_size(target) / 2**20, 3)
+        final["model_size_mb"] = round(dir_size(target) / 2**20, 3)
         written.append(str(target))
     else:
         # the adapter is this run's model: keep the core from saving the peft wrapper a second time

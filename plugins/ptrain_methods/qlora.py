@@ -9,8 +9,8 @@ The recipe order is the call order, so ``lora`` is the outer ``load_model`` wrap
 the inner one: ``qlora`` sets ``run.model_kwargs["quantization_config"]`` before the core loads
 the base and runs ``prepare_model_for_kbit_training`` on the 4-bit model; ``lora`` then adds
 adapters to whatever model it receives. Neither plugin knows the other's code. A 4-bit base alone
-cannot be trained, so a recipe naming ``qlora`` without ``lora`` before it is rejected before the
-model is loaded. Export is ``lora``'s: the adapter, and the merge into an unquantized base at the
+cannot be trained, so a recipe naming ``qlora`` without ``lora`` before it is rejected by
+``ptrain validate``. Export is ``lora``'s: the adapter, and the merge into an unquantized base at the
 recipe's dtype (a merge into 4-bit weights would lose the base's precision).
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import RecipeError, Run, hookimpl
+from ptrain import Recipe, RecipeError, ReportRow, Run, hookimpl, resolve_dtype
 
 ADAPTER_METHOD = "lora"
 
@@ -41,22 +41,31 @@ def recipe_sections() -> dict[str, type]:
     return {"qlora": QLoraSection}
 
 
-def check_composition(run: Run) -> None:
-    methods = run.recipe.methods
+@hookimpl
+def validate_recipe(recipe: Recipe) -> None:
+    methods = recipe.methods
     if ADAPTER_METHOD not in methods or methods.index(ADAPTER_METHOD) > methods.index("qlora"):
         fixed = [m for m in methods if m not in ("qlora", ADAPTER_METHOD)] + [ADAPTER_METHOD, "qlora"]
         raise RecipeError(
             f"qlora only quantizes the base; the adapters that train come from {ADAPTER_METHOD!r}, which must be "
             f"listed before 'qlora' (got {methods}); use methods = {fixed}",
-            source=str(run.recipe.path) if run.recipe.path else None,
             key="methods",
         )
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        raise RecipeError("qlora needs bitsandbytes (pip install 'bitsandbytes>=0.45')", key="methods") from None
+
+
+@hookimpl
+def report_rows() -> list[ReportRow]:
+    return [ReportRow("QLoRA base memory (MiB)", "qlora.base_memory_footprint_mb")]
 
 
 def quantization_config(run: Run) -> Any:
     from transformers import BitsAndBytesConfig
-
-    from ptrain.models import resolve_dtype
 
     section: QLoraSection = run.section("qlora")
     dtype = run.recipe.model.dtype if section.compute_dtype == "auto" else section.compute_dtype
@@ -89,9 +98,6 @@ def quantized_summary(model: Any) -> dict[str, Any]:
 def load_model(run: Run) -> Any:
     from peft import prepare_model_for_kbit_training
 
-    from ptrain.bnb import keep_off_packed_path
-
-    check_composition(run)
     run.model_kwargs["quantization_config"] = quantization_config(run)
     loaded = yield
     summary = quantized_summary(loaded.model)
@@ -103,8 +109,6 @@ def load_model(run: Run) -> Any:
         summary["quant_type"],
         summary["base_memory_footprint_mb"],
     )
-    # bitsandbytes' packed CPU kernel (AVX512-BF16) has no backward: a model that trains stays off it
-    keep_off_packed_path(loaded.model, training=True)
     run.metrics["qlora"] = summary
     prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=run.recipe.train.gradient_checkpointing)
     return loaded

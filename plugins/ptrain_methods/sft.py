@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ptrain import Run, hookimpl
+from ptrain import Run, hookimpl, training_arguments
 
 
 @dataclass
@@ -26,8 +26,6 @@ def recipe_sections() -> dict[str, type]:
 @hookimpl
 def build_trainer(run: Run) -> Any:
     from trl import SFTConfig, SFTTrainer
-
-    from ptrain.training import training_arguments
 
     section: SFTSection = run.section("sft")
     args = training_arguments(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ptrain import hookimpl
-from ptrain.plugins import PluginRegistry
+from ptrain._registry import PluginRegistry
 
 
 def parameter_checksum(model) -> float:
@@ -61,7 +61,7 @@ if __name__ == "__main__":
     record = Path(sys.argv[1])
     discover = PluginRegistry.discover
     PluginRegistry.discover = classmethod(lambda cls, extra=None: discover({**(extra or {}), "recorder": Recorder(record)}))
-    from ptrain.cli import main
+    from ptrain._cli import main
 
     sys.argv = ["ptrain", *sys.argv[2:]]
     main()

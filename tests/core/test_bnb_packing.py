@@ -9,7 +9,8 @@ import copy
 
 import pytest
 
-from ptrain.bnb import four_bit_skip_modules, keep_off_packed_path, packed_layout_fits
+from ptrain._bnb import keep_off_packed_path, packed_layout_fits
+from ptrain_methods.quantize.backends import four_bit_skip_modules
 
 
 def _odd_llama(tmp_path):
@@ -72,7 +73,7 @@ def test_exports_leave_unfit_layers_unquantized(tmp_path, packed_path_forced):
     assert type(portable.model.layers[0].mlp.down_proj).__name__ == "Linear"
     assert type(portable.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
     assert type(portable.lm_head).__name__ == "Linear"  # the head stays unquantized, as transformers does by default
-    from ptrain.models import builtin_checkpoint
+    from ptrain._models import builtin_checkpoint
 
     assert four_bit_skip_modules(str(builtin_checkpoint("tiny-llama", 0))) is None  # the built-in fits every backend
 
@@ -95,7 +96,7 @@ def test_quantize_exports_an_odd_shaped_model_that_reloads_and_generates(tmp_pat
     """End to end through the quantize method; on a CPU with AVX512-BF16 the reload takes the packed path."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ptrain.models import ASSETS
+    from ptrain._models import ASSETS
 
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
     path = _odd_llama(tmp_path / "odd")

@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-from ptrain.cli import cli
+from ptrain._cli import cli
 
 MINIMAL = """
 methods = ["sft"]

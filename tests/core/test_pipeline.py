@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from ptrain.cli import cli
+from ptrain._cli import cli
 
 TINY = """
 name = "{name}"
@@ -78,7 +78,7 @@ def test_two_recipes_writing_one_directory_are_refused(tmp_path, monkeypatch):
 
 
 def test_keep_layers_keeps_first_last_and_evenly_spaced():
-    from ptrain.models import kept_layer_indices
+    from ptrain._models import kept_layer_indices
 
     assert kept_layer_indices(30, 10) == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
     assert kept_layer_indices(4, 2) == [0, 3] and kept_layer_indices(4, 1) == [0] and kept_layer_indices(4, 4) == [0, 1, 2, 3]
@@ -87,11 +87,11 @@ def test_keep_layers_keeps_first_last_and_evenly_spaced():
 def test_keep_layers_generates_with_a_consistent_cache_and_rejects_too_many():
     import torch
 
-    from ptrain.config import ModelSection
-    from ptrain.errors import UsageError
-    from ptrain.models import load_model
+    from ptrain import load_pretrained
+    from ptrain._errors import UsageError
+    from ptrain._sections import ModelSection
 
-    model, tokenizer = load_model(ModelSection(name="builtin:tiny-llama", keep_layers=2), seed=0)
+    model, tokenizer = load_pretrained(ModelSection(name="builtin:tiny-llama", keep_layers=2), seed=0)
     assert len(model.model.layers) == model.config.num_hidden_layers == 2
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
     ids = tokenizer("hello world", return_tensors="pt").input_ids
@@ -100,4 +100,4 @@ def test_keep_layers_generates_with_a_consistent_cache_and_rejects_too_many():
         uncached = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=tokenizer.pad_token_id)
     assert torch.equal(cached, uncached)
     with pytest.raises(UsageError, match=r"model.keep_layers = 9: builtin:tiny-llama has only 4 layers; use at most 4"):
-        load_model(ModelSection(name="builtin:tiny-llama", keep_layers=9), seed=0)
+        load_pretrained(ModelSection(name="builtin:tiny-llama", keep_layers=9), seed=0)

@@ -6,9 +6,9 @@ import types
 import pytest
 
 from ptrain import hookimpl
-from ptrain.errors import PluginLoadError, RecipeError
-from ptrain.plugins import PluginRegistry
-from ptrain.recipe import load_recipe_dict
+from ptrain._errors import PluginLoadError, RecipeError
+from ptrain._recipe import load_recipe_dict
+from ptrain._registry import PluginRegistry
 
 BASE = {"model": {"name": "builtin:tiny-llama"}, "data": {"source": "builtin:tasks"}}
 
@@ -72,7 +72,7 @@ def test_import_error_names_method_and_distribution(monkeypatch):
     registry = PluginRegistry.discover()
     info = registry.info("sft")
     monkeypatch.setattr(info, "target", "ptrain_methods.does_not_exist")
-    with pytest.raises(PluginLoadError, match=r"method 'sft' \(distribution ptrain .*\) failed to import: ModuleNotFoundError"):
+    with pytest.raises(PluginLoadError, match=r"plugin 'sft' \(distribution ptrain .*\) failed to import: ModuleNotFoundError"):
         registry.load(["sft"])
 
 
@@ -109,7 +109,7 @@ def test_section_claimed_twice():
 
 def _run_cli(*args, env=None):
     code = (
-        "import sys, json; from ptrain.cli import cli\n"
+        "import sys, json; from ptrain._cli import cli\n"
         "try:\n    cli(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules)\n"
         "print('HEAVY=' + json.dumps(heavy), file=sys.stderr)\nsys.exit(code)\n"

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from ptrain.config import DataSection
-from ptrain.data import load_rows
-from ptrain.errors import DataError, RecipeError
-from ptrain.recipe import load_recipe_dict
+from ptrain._data import rendered_rows as load_rows
+from ptrain._errors import DataError, RecipeError
+from ptrain._recipe import load_recipe_dict
+from ptrain._sections import DataSection
 
 
 def write_jsonl(path, rows):
@@ -54,22 +54,22 @@ def test_bad_preference_rows_name_the_row(tmp_path):
     with pytest.raises(DataError, match=r"p\.jsonl: line 2: missing or empty 'rejected'"):
         load_rows(DataSection(source=str(source), format="preference", eval_size=0), 0)
     source = write_jsonl(tmp_path / "q.jsonl", [{"chosen": "b", "rejected": "c"}] * 2)
-    with pytest.raises(DataError, match=r"q\.jsonl: line 1: format 'preference' needs a 'prompt' column"):
+    with pytest.raises(DataError, match=r"q\.jsonl: line 1: no 'prompt' column"):
         load_rows(DataSection(source=str(source), eval_size=0), 0)
 
 
 def test_unknown_builtin_source_lists_the_bundled_ones():
     recipe = {"methods": ["sft"], "model": {"name": "builtin:tiny-llama"}, "data": {"source": "builtin:prefs"}}
-    with pytest.raises(RecipeError, match="'builtin:tasks', 'builtin:preferences'"):
+    with pytest.raises(RecipeError, match=r"data\.source: no data source reads 'builtin:prefs'.*builtin:tasks, builtin:preferences.*did you mean 'builtin:preferences'"):
         load_recipe_dict(recipe)
 
 
 def test_completion_logprobs_agree_with_completion_loss():
-    from ptrain.config import ModelSection
-    from ptrain.evaluation import completion_logprobs, completion_loss
-    from ptrain.models import load_model
+    from ptrain import load_pretrained
+    from ptrain._evaluation import completion_logprobs, completion_loss
+    from ptrain._sections import ModelSection
 
-    model, tokenizer = load_model(ModelSection(name="builtin:tiny-llama"), 0, {})
+    model, tokenizer = load_pretrained(ModelSection(name="builtin:tiny-llama"), seed=0)
     prompt, completion = "### Instruction:\nShout the text.\n\n### Response:\n", "APPLE RIVER"
     (logprob,) = completion_logprobs(model, tokenizer, [prompt], [completion])
     full = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]

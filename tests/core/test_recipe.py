@@ -1,7 +1,7 @@
 import pytest
 
-from ptrain.errors import RecipeError
-from ptrain.recipe import load_recipe, parse_override
+from ptrain._errors import RecipeError
+from ptrain._recipe import load_recipe, parse_override
 
 MINIMAL = """
 methods = ["sft"]
@@ -45,7 +45,7 @@ def test_unknown_method_lists_installed(write_recipe):
         load_recipe(write_recipe(MINIMAL.replace('["sft"]', '["sfft"]')))
     assert "unknown method 'sfft'" in str(err.value)
     assert "did you mean 'sft'" in str(err.value)
-    assert "installed methods: " in str(err.value) and "sft" in str(err.value).split("installed methods: ")[1]
+    assert "(installed: " in str(err.value) and "sft" in str(err.value).split("(installed: ")[1]
 
 
 def test_missing_data_file_names_the_path(write_recipe):
@@ -59,7 +59,7 @@ def test_plugin_section_is_validated_too(write_recipe):
 
 
 def test_section_of_method_not_in_methods(write_recipe):
-    with pytest.raises(RecipeError, match=r"section \[sft\] belongs to method 'sft', which is not in methods"):
+    with pytest.raises(RecipeError, match=r"section \[sft\] belongs to plugin 'sft', which is not in methods"):
         load_recipe(write_recipe(MINIMAL.replace('["sft"]', "[]") + "[sft]\npacking = true\n"))
 
 

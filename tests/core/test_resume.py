@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ptrain.cli import cli
-from ptrain.recipe import load_recipe
-from ptrain.run import _latest_checkpoint
+from ptrain._cli import cli
+from ptrain._lifecycle import _latest_checkpoint
+from ptrain._recipe import load_recipe
 
 TOKEN = "hf_" + "Q7x" * 10  # a fake token: must never reach a file of the run
 TINY = """
@@ -67,7 +67,7 @@ def test_resume_refuses_a_recipe_that_changed_in_a_way_that_matters(write_recipe
 
 
 def test_harmless_changes_are_allowed_on_resume():
-    from ptrain.run import recipe_changes
+    from ptrain._lifecycle import recipe_changes
 
     before = {"train": {"learning_rate": 1e-3, "logging_steps": 10, "save_steps": 5}, "eval": {"max_samples": 4}}
     after = {"train": {"learning_rate": 1e-3, "logging_steps": 1, "save_steps": 2}, "eval": {"max_samples": 9},
@@ -87,7 +87,7 @@ def test_latest_checkpoint_passes_over_one_killed_while_saving(tmp_path):
 
 def _start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "ptrain.cli", "run", str(recipe), "--output-dir", str(out), *extra]
+    command = [sys.executable, "-m", "ptrain", "run", str(recipe), "--output-dir", str(out), *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

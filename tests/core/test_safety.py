@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ptrain.errors import UsageError
-from ptrain.redact import RedactingFilter, redact_argv, redact_toml
+from ptrain._errors import UsageError
+from ptrain._redact import RedactingFilter, redact_argv, redact_toml
 
 TOKEN = "hf_" + "k3Y" * 10
 
 
 def test_argv_secrets_are_masked_in_env_json(monkeypatch):
-    from ptrain.run import environment
+    from ptrain._lifecycle import environment
 
     monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-value-123")
     monkeypatch.setattr(sys, "argv", [
@@ -48,27 +48,27 @@ def test_redaction_of_logs_and_resolved_recipes(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def builtin_dir():
-    from ptrain.models import builtin_checkpoint
+    from ptrain._models import builtin_checkpoint
 
     return builtin_checkpoint("tiny-gpt2", 0)
 
 
 def test_trust_remote_code_is_off_unless_set_and_warns_when_set(builtin_dir, caplog):
-    from ptrain.config import ModelSection
-    from ptrain.models import load_model
+    from ptrain import load_pretrained
+    from ptrain._sections import ModelSection
 
     assert ModelSection(name="x").trust_remote_code is False
     with caplog.at_level(logging.WARNING, logger="ptrain"):
-        load_model(ModelSection(name=str(builtin_dir), trust_remote_code=True), seed=0)
-    assert any("trust_remote_code = true" in r.getMessage() for r in caplog.records)
+        load_pretrained(ModelSection(name=str(builtin_dir), trust_remote_code=True), seed=0)
+    assert any("trust_remote_code is on" in r.getMessage() for r in caplog.records)
 
 
 def test_only_safetensors_weights_are_loaded(builtin_dir, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from ptrain.config import ModelSection
-    from ptrain.models import load_model
+    from ptrain import load_pretrained
+    from ptrain._sections import ModelSection
 
     pickled = tmp_path / "pickled"
     shutil.copytree(builtin_dir, pickled)
@@ -76,13 +76,13 @@ def test_only_safetensors_weights_are_loaded(builtin_dir, tmp_path):
     (pickled / "model.safetensors").unlink()
     torch.save(weights, pickled / "pytorch_model.bin")  # a pickle: may run code when loaded
     with pytest.raises(UsageError, match="only safetensors"):
-        load_model(ModelSection(name=str(pickled)), seed=0)
+        load_pretrained(ModelSection(name=str(pickled)), seed=0)
 
 
 def test_an_interrupted_export_leaves_nothing_that_looks_complete(tmp_path):
     from types import SimpleNamespace
 
-    from ptrain.defaults import export
+    from ptrain._core_plugin import export
 
     class Breaks:
         def save_pretrained(self, folder, **kwargs):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from ptrain import hookimpl
-from ptrain.errors import RecipeError
+from ptrain._errors import RecipeError
 from ptrain.testing import tiny_recipe
 
 
@@ -72,10 +72,10 @@ def test_new_plugin_scaffold_installs_lists_and_validates(ptrain_cli, tmp_path):
                               "--target", str(site), str(package)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": str(site)}
-    listed = subprocess.run([sys.executable, "-m", "ptrain.cli", "list", "--json"], capture_output=True, text=True, env=env)
+    listed = subprocess.run([sys.executable, "-m", "ptrain", "list", "--json"], capture_output=True, text=True, env=env)
     entry = next(m for m in json.loads(listed.stdout) if m["name"] == "my_method")
     assert (entry["distribution"], entry["version"], entry["status"]) == ("ptrain-my-method", "0.1.0", "ok")
     assert entry["description"] == "The my_method method: say in one line what it does (``ptrain list`` shows this line)."
-    valid = subprocess.run([sys.executable, "-m", "ptrain.cli", "validate", "recipes/my_method_tiny.toml"],
+    valid = subprocess.run([sys.executable, "-m", "ptrain", "validate", "recipes/my_method_tiny.toml"],
                            capture_output=True, text=True, env=env, cwd=package)
     assert valid.returncode == 0, valid.stderr

@@ -41,7 +41,7 @@ def broken_dist(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
     def ptrain(*args):
-        return subprocess.run([sys.executable, "-m", "ptrain.cli", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+        return subprocess.run([sys.executable, "-m", "ptrain", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
 
     return ptrain
 
@@ -63,7 +63,7 @@ def test_broken_distribution_does_not_stop_validate(broken_dist, tmp_path):
     (tmp_path / "b.toml").write_text(RECIPE.replace('["sft"]', '["sft", "broken"]'))
     result = broken_dist("validate", "b.toml")
     assert result.returncode == 2
-    assert "method 'broken' (distribution broken-pkg 0.1) failed to import: RuntimeError: broken on purpose" in result.stderr
+    assert "plugin 'broken' (distribution broken-pkg 0.1) failed to import: RuntimeError: broken on purpose" in result.stderr
 
 
 @pytest.mark.slow

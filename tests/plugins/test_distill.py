@@ -8,7 +8,7 @@ import pytest
 
 from conftest import RECIPES
 from ptrain import RecipeError
-from ptrain.recipe import load_recipe
+from ptrain._recipe import load_recipe
 
 HEADLINE = RECIPES / "distill_tinyllama_gpt2.toml"
 OFFLINE = RECIPES / "distill_tiny_offline.toml"
@@ -17,7 +17,7 @@ SAME = RECIPES / "distill_tiny_same_tokenizer.toml"
 
 def test_headline_recipe_validates_offline_without_heavy_imports():
     code = (
-        "import sys; from ptrain.recipe import load_recipe; "
+        "import sys; from ptrain._recipe import load_recipe; "
         f"r = load_recipe({str(HEADLINE)!r}); "
         "assert r.sections['distill'].teacher == 'TinyLlama/TinyLlama-1.1B-Chat-v1.0'; "
         "assert r.model.name == 'gpt2-medium'; "
@@ -34,7 +34,7 @@ def test_headline_recipe_validates_offline_without_heavy_imports():
         ("distill.alpha=1.5", "distill.alpha: must be in [0, 1]"),
         ("distill.temperature=0", "distill.temperature: must be > 0"),
         ("distill.teacher='builtin:nope'", "unknown builtin model 'builtin:nope'"),
-        ("distill.teacher='./no/such/dir'", "teacher directory './no/such/dir' not found"),
+        ("distill.teacher='./no/such/dir'", "distill.teacher: model directory './no/such/dir' not found"),
         ("distill.mode='logits'", "distill.mode"),
         ("distill.labeled=-5", "distill.labeled"),
     ],
@@ -53,7 +53,7 @@ def test_distill_and_sft_both_build_the_trainer():
 def test_vocabulary_comparison():
     from transformers import AutoTokenizer
 
-    from ptrain.models import ASSETS
+    from ptrain._models import ASSETS
     from ptrain_methods.distill import same_vocabulary
 
     llama = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
@@ -65,8 +65,8 @@ def test_vocabulary_comparison():
 def test_completion_ids_finds_the_completion_start():
     from transformers import AutoTokenizer
 
-    from ptrain.models import ASSETS
-    from ptrain_methods.distill import completion_ids
+    from ptrain._models import ASSETS
+    from ptrain_methods.distill.losses import completion_ids
 
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-gpt2")
     full, start = completion_ids(tokenizer, "### Response:\n", "DLROW OLLEH")
@@ -103,26 +103,25 @@ def test_teacher_answers_are_cached_and_resumed(tmp_path, caplog):
     import logging
     from types import SimpleNamespace
 
-    from ptrain_methods.distill import CACHE, STATE, load_teacher, teacher_answers
+    from ptrain_methods.distill import CACHE, load_teacher, teacher_answers
 
     caplog.set_level("INFO", logger="ptrain")
     recipe = load_recipe(OFFLINE, ["distill.teacher='builtin:tiny-llama'", "distill.max_new_tokens=3"])
     run = SimpleNamespace(recipe=recipe, section=lambda name: recipe.sections[name], dir=tmp_path, log=logging.getLogger("ptrain"))
     teacher, tokenizer = load_teacher(run)
-    run.state = {STATE: {"teacher": teacher, "teacher_tokenizer": tokenizer}}
     prompts = [f"### Instruction:\nReverse the letters of the text.\n\n### Input:\nword{i}\n\n### Response:\n" for i in range(12)]
-    first = teacher_answers(run, prompts)
+    first = teacher_answers(run, teacher, tokenizer, prompts)
     assert set(first) == set(prompts) and "12 to generate" in caplog.text
     cache = tmp_path / "distill" / CACHE
     lines = cache.read_text().splitlines()
     assert len(lines) == 12
     cache.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:10])  # lose 3 rows, one cut mid-line
-    second = teacher_answers(run, prompts)
+    second = teacher_answers(run, teacher, tokenizer, prompts)
     assert "9 teacher answers cached, 3 to generate" in caplog.text
     assert all(second[p] == first[p] for p in prompts[:9])
     reread = [json.loads(line) for line in cache.read_text().splitlines()[10:]]
     assert [row["prompt"] for row in reread] == prompts[9:]
-    teacher_answers(run, prompts)
+    teacher_answers(run, teacher, tokenizer, prompts)
     assert "12 teacher answers cached, 0 to generate" in caplog.text
 
 

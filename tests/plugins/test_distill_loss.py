@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ptrain_methods.distill import kd_divergence, logit_kd_loss, uld_loss  # noqa: E402
+from ptrain_methods.distill.losses import kd_divergence, logit_kd_loss, uld_loss  # noqa: E402
 
 
 def softmax(row, t):

@@ -6,11 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import RECIPES
-from ptrain.cli import cli
-from ptrain.config import ALPACA_TEMPLATE
-from ptrain.errors import RecipeError
-from ptrain.recipe import load_recipe_dict
-from ptrain.tasks import TASKS, generate
+from ptrain import ALPACA_TEMPLATE
+from ptrain._cli import cli
+from ptrain._errors import RecipeError
+from ptrain._recipe import load_recipe_dict
+from ptrain._tasks import TASKS, generate
 from ptrain_methods import instruct
 
 BASE = {
@@ -108,8 +108,8 @@ At 400 steps the randomized run had not learned the task yet (0.0 everywhere): i
 @pytest.fixture(scope="module")
 def single_and_randomized(tmp_path_factory):
     """The single-template baseline and the randomized run: same model, data, steps and seed."""
-    from ptrain.recipe import load_recipe
-    from ptrain.run import execute
+    from ptrain._lifecycle import execute
+    from ptrain._recipe import load_recipe
 
     root = tmp_path_factory.mktemp("instruct")
     runs = {}
@@ -192,7 +192,7 @@ def test_compare_tolerates_missing_metrics(tmp_path):
     result = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     markdown = (tmp_path / "compare.md").read_text()
-    assert "| task metric (base → final) | 0.5 |  |" in markdown and "| methods |  | quantize |" in markdown
+    assert "| task metric | 0.5 |  |" in markdown and "| methods |  | quantize |" in markdown
     assert (tmp_path / "compare.png").stat().st_size > 1000
     missing = CliRunner().invoke(cli, ["compare", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "nope" in missing.output

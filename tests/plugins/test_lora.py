@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import RECIPES
-from ptrain.errors import RecipeError
-from ptrain.recipe import load_recipe, load_recipe_dict
+from ptrain._errors import RecipeError
+from ptrain._recipe import load_recipe, load_recipe_dict
 
 SMALL_RUN = (
     "data.num_examples=300",
@@ -58,7 +58,7 @@ def test_unknown_target_module_lists_linear_modules(run_recipe, model, listed):
 
 
 def _generations(model, tokenizer, run):
-    from ptrain.evaluation import generate
+    from ptrain._evaluation import generate
 
     prompts = [row["prompt"] for row in list(run.eval_dataset)[: run.recipe.eval.max_samples]]
     return generate(model, tokenizer, prompts, run.recipe.eval.max_new_tokens, run.recipe.eval.batch_size).texts

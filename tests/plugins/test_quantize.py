@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import RECIPES
-from ptrain.errors import RecipeError, UsageError
-from ptrain.recipe import load_recipe, load_recipe_dict
+from ptrain._errors import RecipeError, UsageError
+from ptrain._recipe import load_recipe, load_recipe_dict
 
 RELOAD = """
 import json, sys, warnings
@@ -121,7 +121,7 @@ def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
     assert reloaded["nf4"]["exact_match"] > 0.1 and reloaded["int8"]["exact_match"] > 0.1
 
     # ptrain compare gives every variant its own column, with the machine the runs ran on
-    from ptrain.compare import compare
+    from ptrain._report import compare
 
     header, rows, md, _ = compare([str(run.dir)], run.dir / "compare")
     label = header[1]

@@ -6,7 +6,7 @@ import tomllib
 import pytest
 from click.testing import CliRunner
 
-from ptrain.cli import cli
+from ptrain._cli import cli
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_run_directory_contents(trained_tiny_llama):
 def test_saved_model_reloads_with_plain_transformers(trained_tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ptrain.evaluation import generate
+    from ptrain._evaluation import generate
 
     run_dir = trained_tiny_llama.dir
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
@@ -98,7 +98,7 @@ lr_scheduler = "no_such_schedule"
 def test_flash_attention_falls_back_with_a_message(caplog):
     import torch
 
-    from ptrain.models import resolve_attention
+    from ptrain._models import resolve_attention
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine takes the flash-attn path")
@@ -108,10 +108,10 @@ def test_flash_attention_falls_back_with_a_message(caplog):
 
 
 def test_unreachable_hub_is_a_clear_error(monkeypatch):
-    from ptrain.config import ModelSection
-    from ptrain.errors import UsageError
-    from ptrain.models import load_model
+    from ptrain import load_pretrained
+    from ptrain._errors import UsageError
+    from ptrain._sections import ModelSection
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UsageError, match=r"model.name = 'HuggingFaceTB/SmolLM2-135M-Instruct': cannot load .*not reachable"):
-        load_model(ModelSection(name="HuggingFaceTB/SmolLM2-135M-Instruct"), seed=0)
+        load_pretrained(ModelSection(name="HuggingFaceTB/SmolLM2-135M-Instruct"), seed=0)

@@ -7,11 +7,21 @@ imported inside the hooks, so ``ptrain list`` and ``ptrain validate`` stay fast.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import DataError, RecipeError, Run, hookimpl
+from ptrain import (
+    DataError,
+    Recipe,
+    RecipeError,
+    ReportRow,
+    Run,
+    completion_logprobs,
+    frozen_copy,
+    hookimpl,
+    is_adapter_model,
+    training_arguments,
+)
 
 LossType = Literal[
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -56,21 +66,25 @@ def recipe_sections() -> dict[str, type]:
     return {"dpo": DPOSection}
 
 
-@hookimpl(tryfirst=True)
-def load_model(run: Run) -> None:
-    """Reject non-preference data before the model loads (this returns None: the loading goes on)."""
-    data = run.recipe.data
-    if data.source == "builtin:tasks":
+@hookimpl
+def validate_recipe(recipe: Recipe) -> None:
+    """Preference pairs or nothing: checked by ``ptrain validate``, before anything loads."""
+    fields = recipe.data_fields
+    if fields is not None and not {"chosen", "rejected"} <= fields:
         raise RecipeError(
-            "dpo trains on preference pairs; use data.source = \"builtin:preferences\" (the same tasks as chosen/rejected pairs)",
-            key="data.source",
+            f"dpo trains on preference pairs, and {recipe.data.source!r} gives {recipe.data_format!r} rows; use "
+            'data.source = "builtin:preferences", or rows with prompt, chosen and rejected (data.format = "preference")',
+            key="data.source" if recipe.data.format == "auto" else "data.format",
         )
-    if data.format not in ("auto", "preference"):
-        raise RecipeError(
-            f"dpo needs preference pairs, not format {data.format!r}; set data.format = \"preference\" "
-            "(columns prompt, chosen, rejected)",
-            key="data.format",
-        )
+
+
+@hookimpl
+def report_rows() -> list[ReportRow]:
+    return [
+        ReportRow("preference accuracy", "final.preference_accuracy", base=True, chart="quality"),
+        ReportRow("preference margin", "final.preference_margin", base=True),
+        ReportRow("implicit reward accuracy", "final.reward_accuracy"),
+    ]
 
 
 def _require_pairs(dataset: Any, split: str, source: str) -> None:
@@ -82,11 +96,6 @@ def _require_pairs(dataset: Any, split: str, source: str) -> None:
         )
 
 
-def is_adapter_model(model: Any) -> bool:
-    """A peft model (e.g. wrapped by the ``lora`` method), detected without importing peft."""
-    return type(model).__module__.split(".")[0] == "peft" and hasattr(model, "disable_adapter")
-
-
 def reference_kind(run: Run) -> str:
     section: DPOSection = run.section("dpo")
     if section.reference == "copy":
@@ -96,18 +105,9 @@ def reference_kind(run: Run) -> str:
     return "precomputed" if section.precompute_reference else "frozen copy"
 
 
-def frozen_copy(model: Any) -> Any:
-    reference = copy.deepcopy(model)
-    reference.eval()
-    reference.requires_grad_(False)
-    return reference
-
-
 @hookimpl
 def build_trainer(run: Run) -> Any:
     from trl import DPOConfig, DPOTrainer
-
-    from ptrain.training import training_arguments
 
     section: DPOSection = run.section("dpo")
     _require_pairs(run.train_dataset, "train", run.recipe.data.source)
@@ -140,8 +140,6 @@ def build_trainer(run: Run) -> Any:
 
 
 def _logprobs(run: Run, model: Any, rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    from ptrain.evaluation import completion_logprobs
-
     kwargs = {"batch_size": run.recipe.eval.batch_size, "max_length": run.recipe.train.max_length}
     prompts = [r["prompt"] for r in rows]
     chosen = completion_logprobs(model, run.tokenizer, prompts, [r["chosen"] for r in rows], **kwargs)

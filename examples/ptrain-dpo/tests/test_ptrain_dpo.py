@@ -57,19 +57,14 @@ def test_section_errors_name_the_key(ptrain_validate, dpo, message):
 
 def test_dpo_section_needs_the_method(ptrain_validate):
     recipe = tiny_recipe(["sft"], dpo={"beta": 0.1})
-    with pytest.raises(RecipeError, match=r"section \[dpo\] belongs to method 'dpo', which is not in methods"):
+    with pytest.raises(RecipeError, match=r"section \[dpo\] belongs to plugin 'dpo', which is not in methods"):
         ptrain_validate(recipe)
 
 
-def test_sft_data_is_rejected_before_the_model_loads(ptrain_run, monkeypatch):
-    import ptrain.models
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(ptrain.models, "load_model", no_loading)
-    with pytest.raises(RecipeError, match='data.source: dpo trains on preference pairs; use data.source = "builtin:preferences"'):
-        ptrain_run(dpo_recipe(data={"source": "builtin:tasks"}))
+def test_sft_data_is_rejected_by_validate(ptrain_validate):
+    """Checked by the recipe check (``validate_recipe``), before anything heavy is imported."""
+    with pytest.raises(RecipeError, match=r"data\.source: dpo trains on preference pairs, and 'builtin:tasks' gives 'alpaca' rows"):
+        ptrain_validate(dpo_recipe(data={"source": "builtin:tasks"}))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Helpers for methods that build a trainer: uniform arguments and the core's progress display."""
+"""Training for methods that build a trainer: uniform arguments (with other methods' contributions), progress, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ptrain.run import Run
+    from ptrain._run import Run
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -22,7 +22,7 @@ def precision_flags(precision: str) -> dict[str, bool]:
             return {"bf16": True, "fp16": False}
         return {"bf16": False, "fp16": cuda}
     if precision in ("bf16", "fp16") and not cuda:
-        from ptrain.errors import RecipeError
+        from ptrain._errors import RecipeError
 
         raise RecipeError(f"train.precision = {precision!r} needs a CUDA GPU; use 'auto' or 'fp32' on this machine")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
@@ -42,7 +42,7 @@ def distributed_arguments(run: Run) -> dict[str, Any]:
 
     import torch
 
-    from ptrain.errors import RecipeError
+    from ptrain._errors import RecipeError
 
     if world_size() <= 1:
         return {}
@@ -106,17 +106,78 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         **precision_flags(train.precision),
         **distributed_arguments(run),
     }
+    contributed = contributed_arguments(run)
+    for name, value in contributed.items():
+        if name in overrides and overrides[name] != value:
+            from ptrain._errors import RecipeError
+
+            who = next(m for m, setup in run._core.setup if name in setup.arguments)
+            raise RecipeError(
+                f"method {who!r} sets training argument {name!r} = {value!r}, and {run.recipe.trainer_owner!r}, which builds "
+                f"the trainer, sets it to {overrides[name]!r}; remove one of them from methods",
+                key="methods",
+            )
+    kwargs.update(contributed)
     if "tensorboard" in train.report_to:
         # transformers >= 5 reads the TensorBoard directory from the environment, not from the arguments
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.dir / "logs")
     names = {f.name for f in dataclasses.fields(cls)}
     if "activation_checkpointing" in names:  # transformers >= 5.x renamed it; TRL configs still default the old name to True
         kwargs["activation_checkpointing"] = kwargs["gradient_checkpointing"]
+    unknown = sorted(set(contributed) - names)
+    if unknown:
+        from ptrain._errors import RecipeError
+
+        who = next(m for m, setup in run._core.setup if unknown[0] in setup.arguments)
+        raise RecipeError(
+            f"method {who!r} sets training argument {unknown[0]!r}, which {cls.__name__} (built by {run.recipe.trainer_owner!r}) "
+            "does not have; these methods do not compose",
+            key="methods",
+        )
     kwargs.update(overrides)
     return cls(**{k: v for k, v in kwargs.items() if k in names})
 
 
-def progress_callback(console: Any) -> Any:
+def contributed_arguments(run: Run) -> dict[str, Any]:
+    """Training arguments other methods contributed through ``training_setup`` (a conflict between two is a RecipeError)."""
+    merged: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for method, setup in run._core.setup:
+        for name, value in setup.arguments.items():
+            if name in merged and merged[name] != value:
+                from ptrain._errors import RecipeError
+
+                raise RecipeError(
+                    f"methods {owner[name]!r} and {method!r} set training argument {name!r} to {merged[name]!r} and {value!r}; "
+                    "keep one of them",
+                    key="methods",
+                )
+            merged[name], owner[name] = value, method
+    return merged
+
+
+def train_auxiliary(run: Run, trainer: Any, label: str) -> Any:
+    """Train a second model within a run (a no-teacher baseline, a reward model for a later stage),
+    with the core's progress display and Ctrl-C handling; returns ``trainer.train()``'s result."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from ptrain._errors import RunInterrupted
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(progress_callback(run.console if run.is_main_process else None, label))
+    stopper = interrupt_callback()
+    trainer.add_callback(stopper)
+    try:
+        result = trainer.train()
+    finally:
+        stopper.on_train_end(None, None, None)
+    if stopper.stopped_by:
+        raise RunInterrupted(f"{stopper.stopped_by}: stopped while training the {label}; it is trained again from the start on --resume")
+    return result
+
+
+def progress_callback(console: Any, label: str = "training") -> Any:
     """A ``TrainerCallback`` drawing a rich progress bar with the latest loss, on the main process only."""
     from rich.progress import (
         BarColumn,
@@ -137,7 +198,7 @@ def progress_callback(console: Any) -> Any:
             if not state.is_world_process_zero:
                 return
             self.progress = Progress(
-                TextColumn("[bold]training"),
+                TextColumn(f"[bold]{label}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[loss]}"),

@@ -10,14 +10,14 @@ for a faster kernel at its first forward in eval mode without gradients. Two lim
 * a repacked layer has no backward: the gradient to its input is silently lost, so a QLoRA model
   that is evaluated (``eval.base``) and then trained would train with broken gradients.
 
-So a model ptrain trains is kept off the packed path entirely, an in-process model that only
-runs forward is kept off it layer by layer where the shape does not fit, and an exported 4-bit
-model leaves the layers that do not fit unquantized (``llm_int8_skip_modules``), so it reloads
-and generates with plain ``from_pretrained`` on any CPU.
+So the core keeps a model it trains off the packed path entirely, and an in-process model that
+only runs forward off it layer by layer where the shape does not fit. (An exported 4-bit model
+leaves the layers that do not fit unquantized: the ``quantize`` method's ``skip_modules``.)
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 PACKED_BLOCK_N = 32
@@ -31,45 +31,26 @@ def packed_layout_fits(out_features: int, in_features: int, blocksize: int = BLO
     return out_features % PACKED_BLOCK_N == 0 and in_features % blocksize == 0
 
 
-def unfit_linear_layers(model: Any, blocksize: int = BLOCKSIZE_4BIT) -> list[str]:
-    """Names of the model's linear layers whose shape the packed CPU layout cannot take."""
+def unfit_4bit_layers(model: Any) -> list[str]:
+    """Names of the model's linear layers whose shape bitsandbytes' packed 4-bit CPU layout cannot take
+    (out_features not a multiple of 32, in_features not of 64): a portable 4-bit export leaves them
+    unquantized (``llm_int8_skip_modules``). Works on a model built on the meta device."""
     import torch
 
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and not packed_layout_fits(module.out_features, module.in_features, blocksize)
+        if isinstance(module, torch.nn.Linear) and not packed_layout_fits(module.out_features, module.in_features)
     ]
-
-
-def four_bit_skip_modules(location: str, trust_remote_code: bool = False) -> list[str] | None:
-    """``llm_int8_skip_modules`` for a portable 4-bit export of the model at ``location``, or None when every layer fits.
-
-    Built on the meta device from the model's config (no weights are read). When some layers do
-    not fit, the list also names the output head, which transformers leaves unquantized by
-    default only while no skip list is given.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    unfit = unfit_linear_layers(model)
-    if not unfit:
-        return None
-    head = model.get_output_embeddings()
-    heads = [name for name, module in model.named_modules() if head is not None and module is head]
-    return sorted({*unfit, *heads})
 
 
 def keep_off_packed_path(model: Any, training: bool) -> list[str]:
     """Keep the model's 4-bit layers off the packed CPU path: all of them for a model that trains,
     else those whose shape does not fit. Returns the names of the layers changed."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
+    if "bitsandbytes" not in sys.modules:  # no 4-bit layer can exist
         return []
+    import bitsandbytes as bnb
+
     changed = []
     for name, module in model.named_modules():
         if not isinstance(module, bnb.nn.Linear4bit) or not getattr(module, "support_avx512bf16_for_cpu", False):

@@ -64,7 +64,7 @@ def metric_for(row: dict[str, Any], requested: str) -> str:
     """The metric for a row: the recipe's choice, or with ``auto`` the task's own (exact match by default)."""
     if requested != "auto":
         return requested
-    from ptrain.tasks import TASKS
+    from ptrain._tasks import TASKS
 
     task = TASKS.get(row.get("task") or "")
     return task.metric if task else "exact_match"

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
-from ptrain.errors import RecipeError
+from ptrain._errors import RecipeError
 
 SourceOf = Callable[[str], str]
 """Maps a dotted key path to the file (or ``--set``) it came from."""

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ptrain.artifacts import write_bytes
+from ptrain._artifacts import write_bytes
 
 
 def loss_curve(log_history: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ptrain.errors import RunInterrupted, UsageError
+from ptrain._errors import RunInterrupted, UsageError
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -43,7 +43,7 @@ def cli() -> None:
 
 
 def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
-    from ptrain.recipe import load_recipe
+    from ptrain._recipe import load_recipe
 
     try:
         return load_recipe(recipe_path, overrides)
@@ -102,7 +102,7 @@ def run(
 def _load_pipeline(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> list[Any]:
     """Load and validate every recipe up front. A recipe that refers to a directory an earlier recipe
     of the list will write (``runs/teacher/model``) is checked when its turn comes (None here)."""
-    from ptrain.recipe import load_recipe
+    from ptrain._recipe import load_recipe
 
     loaded: list[Any] = []
     for path in recipes:
@@ -118,8 +118,8 @@ def _load_pipeline(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> list
 
 def _finished(recipe: Any, output_dir: str | None) -> bool:
     """Whether the run directory holds a finished run (metrics with a final stage) of this same recipe."""
-    from ptrain.redact import redact_toml
-    from ptrain.run import run_path
+    from ptrain._lifecycle import run_path
+    from ptrain._redact import redact_toml
 
     folder = run_path(recipe, output_dir)
     try:
@@ -143,7 +143,7 @@ def _run_one(
         if code:
             sys.exit(code)
         return output_dir or loaded.output.dir or f"runs/{loaded.name}"
-    from ptrain.run import process_rank
+    from ptrain._lifecycle import process_rank
 
     main_process = process_rank() == 0
     if not main_process:  # other ranks train quietly; rank 0 speaks for the run
@@ -156,7 +156,7 @@ def _run_one(
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     console.print(f"[bold]ptrain run[/] {escape(loaded.name)}: methods {escape(', '.join(loaded.methods))} on {escape(loaded.model.name)}")
-    from ptrain.run import execute
+    from ptrain._lifecycle import execute
 
     result = None
     try:
@@ -178,7 +178,7 @@ def _run_one(
         logger.removeHandler(handler)
     if not main_process:
         return str(result.dir) if result else ""
-    print_results(result.metrics)
+    print_results(result.metrics, loaded.name, result.dir)
     print_samples(result.dir / "samples.jsonl", loaded.eval.show_samples)
     console.print(f"run directory: [bold]{escape(str(result.dir))}[/]")
     return str(result.dir)
@@ -186,7 +186,7 @@ def _run_one(
 
 def launch_command(nproc: int, args: list[str]) -> list[str]:
     """The torchrun command that runs ``ptrain ARGS`` in ``nproc`` processes on this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "ptrain.cli", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "ptrain", *args]
 
 
 def launch(nproc: int, args: list[str]) -> int:
@@ -237,7 +237,7 @@ def print_samples(path: Path, count: int) -> None:
         console.print(f"  trained {mark[bool(row['correct'])]}  {escape(_clip(row['generation']))}")
 
 
-def print_results(metrics: dict[str, Any]) -> None:
+def print_results(metrics: dict[str, Any], label: str = "run", directory: Path | None = None) -> None:
     base, final = metrics.get("base", {}), metrics.get("final", {})
     table = Table(title="results", show_lines=False)
     table.add_column("metric")
@@ -245,17 +245,30 @@ def print_results(metrics: dict[str, Any]) -> None:
         table.add_column("base", justify="right")
     table.add_column("final" if base else "value", justify="right")
     for key in dict.fromkeys([*base, *final]):
-        if isinstance(final.get(key, base.get(key)), dict):
+        if isinstance(final.get(key, base.get(key)), (dict, list)):
             continue
         row = [key] + ([_fmt(base.get(key, ""))] if base else []) + [_fmt(final.get(key, ""))]
         table.add_row(*row)
     console.print(table)
+    from ptrain._report import run_summary
+
+    extra = run_summary(label, directory, metrics) if directory is not None else None
+    if extra is not None:
+        header, lines = extra
+        more = Table(title="measured by the methods", title_justify="left")
+        more.add_column(header[0])
+        for name in header[1:]:
+            more.add_column(escape(name), justify="right", overflow="fold")
+        for line in lines:
+            more.add_row(*map(escape, line))
+        console.print(more)
     train = metrics.get("train")
     if train:
         console.print(
             "training: "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in train.items() if v is not None and k in (
-                "steps", "train_loss", "train_time_s", "tokens_per_s", "peak_memory_mb", "trainable_parameters"))
+                "steps", "train_loss", "train_time_s", "tokens_per_s", "peak_memory_mb", "memory_above_baseline_mb",
+                "trainable_parameters"))
         )
 
 
@@ -264,50 +277,64 @@ def print_results(metrics: dict[str, Any]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable).")
 @click.option("--show", is_flag=True, help="Print the resolved recipe.")
 def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
-    """Check RECIPE as `run` would, without loading anything heavy (local data files are parsed)."""
+    """Check RECIPE as `run` would, without loading anything heavy (local data files are read, every row checked)."""
     loaded = _load(recipe, overrides)
-    from ptrain.data import check_local_files
-
-    try:
-        check_local_files(loaded.data)
-    except UsageError as err:
-        fail_usage(err)
     if show:
         console.print(loaded.to_toml(), markup=False, highlight=False)
     console.print(f"[green]ok[/]: {escape(recipe)} (methods: {escape(', '.join(loaded.methods))})")
 
 
 @cli.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_methods(as_json: bool) -> None:
-    """Installed methods, their distributions, hooks and load status."""
-    from ptrain.plugins import PluginRegistry
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (everything the verbose view shows).")
+@click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources and rewards.")
+def list_methods(as_json: bool, verbose: bool) -> None:
+    """Installed plugins: name, distribution, version, kind (trainer, modifier, data, reward) and status."""
+    from ptrain._registry import PluginRegistry
 
     infos = PluginRegistry.discover().inspect_all()
     if as_json:
         click.echo(json.dumps([i.as_json() for i in infos], indent=2))
         return
-    table = Table(title="installed methods")
-    for column in ("name", "distribution", "version", "hooks", "status", "description"):
-        table.add_column(column)
-    for info in infos:
-        status = {"ok": "[green]ok[/]", "disabled": "[yellow]disabled[/]"}.get(info.status, f"[red]{info.status}[/]")
+    columns = ("name", "distribution", "version", "kind", "status")
+    cells = [(i.name, i.distribution, i.version, i.kind if i.status == "ok" else "", i.status) for i in infos]
+    widths = [max(len(column), *(len(row[k]) for row in cells)) for k, column in enumerate(columns)]
+    room = max(console.width - sum(widths) - 2 * len(widths), 20)
+
+    def line(values: tuple[str, ...], description: str) -> str:
+        text = "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True))
+        return f"{text}  {description if verbose or len(description) <= room else description[: room - 1] + '…'}"
+
+    console.print(f"[bold]{escape(line(columns, 'description'))}[/]", soft_wrap=True)
+    for info, values in zip(infos, cells, strict=True):
         detail = info.description if info.status == "ok" else info.error
-        table.add_row(info.name, info.distribution, info.version, ", ".join(info.hooks), status, detail)
-    console.print(table)
+        colour = {"ok": "green", "disabled": "yellow"}.get(info.status, "red")
+        text = escape(line(values, detail))
+        console.print(text.replace(f"  {info.status}  ", f"  [{colour}]{info.status}[/]  ", 1), soft_wrap=True)
+        if verbose and info.status == "ok":
+            declared = [("hooks", info.hooks), ("sections", sorted(info.sections)), ("formats", info.formats),
+                        ("sources", info.sources), ("rewards", info.rewards)]
+            for what, items in declared:
+                if items:
+                    console.print(f"    {what}: {escape(', '.join(items))}", soft_wrap=True)
+    if not verbose:
+        console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources and rewards[/]")
 
 
 @cli.command(name="new-plugin")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it (default ./ptrain-NAME).")
-def new_plugin(name: str, directory: str | None) -> None:
+@click.option(
+    "--kind", type=click.Choice(["trainer", "modifier"]), default="modifier", show_default=True,
+    help="trainer: builds the trainer (like sft, dpo); modifier: shapes what another method builds (like lora).",
+)
+def new_plugin(name: str, directory: str | None, kind: str) -> None:
     """Scaffold a package for a new method NAME (distribution ptrain-NAME, module ptrain_NAME)."""
     from pathlib import Path
 
-    from ptrain.scaffold import create
+    from ptrain._scaffold import create
 
     try:
-        target = create(name, Path(directory) if directory else None)
+        target = create(name, Path(directory) if directory else None, kind)
     except UsageError as err:
         fail_usage(err)
     console.print(f"[green]created[/] {target}: pip install -e {target} && ptrain list")
@@ -324,7 +351,7 @@ def compare(run_dirs: tuple[str, ...], output: str | None) -> None:
 
 
 def _print_comparison(run_dirs: tuple[str, ...], output: str | None) -> None:
-    from ptrain.compare import compare as compare_runs
+    from ptrain._report import compare as compare_runs
 
     try:
         header, rows, md, png = compare_runs(list(run_dirs), output)

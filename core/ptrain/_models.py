@@ -19,8 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ptrain.config import ModelSection
-from ptrain.errors import UsageError
+from ptrain import _paths
+from ptrain._errors import RecipeError, UsageError
+from ptrain._schema import suggest
+from ptrain._sections import ModelSection
+from ptrain._types import LoadedModel
 
 log = logging.getLogger("ptrain")
 ASSETS = Path(__file__).parent / "assets"
@@ -75,7 +78,7 @@ def builtin_checkpoint(name: str, seed: int) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from ptrain.artifacts import atomic_dir
+    from ptrain._artifacts import atomic_dir
 
     # the spec's and tokenizer's hash in the name: a changed built-in never reuses an old checkpoint
     spec = dict(BUILTIN_MODELS[name])
@@ -128,7 +131,7 @@ def pretrained_checkpoint(name: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ptrain.artifacts import atomic_dir
+    from ptrain._artifacts import atomic_dir
 
     target = cache_dir() / "pretrained" / name
     if (target / "config.json").is_file():
@@ -178,54 +181,110 @@ def resolve_attention(requested: str) -> str | None:
     return requested
 
 
-def model_location(section: ModelSection, seed: int) -> str:
-    """Where ``from_pretrained`` should read the model: a directory or a hub ID."""
-    if section.name.startswith("builtin:"):
-        name = section.name.removeprefix("builtin:")
-        if name in PRETRAINED_OFFLINE:
-            return str(pretrained_checkpoint(name))
-        return str(builtin_checkpoint(name, seed))
-    return str(Path(section.name).expanduser()) if Path(section.name).expanduser().is_dir() else section.name
+def model_location(name: str, seed: int = 0) -> str:
+    """Where ``from_pretrained`` reads ``name``: a local directory (a ptrain run directory means its
+    ``model/``; a ``builtin:`` model is materialised once into the cache) or a hub ID."""
+    if name.startswith(_paths.BUILTIN):
+        builtin = name.removeprefix(_paths.BUILTIN)
+        if builtin in PRETRAINED_OFFLINE:
+            return str(pretrained_checkpoint(builtin))
+        return str(builtin_checkpoint(builtin, seed))
+    directory = _paths.model_dir(name)
+    return str(directory) if directory is not None else name
 
 
-def load_tokenizer(section: ModelSection, location: str) -> Any:
+def check_model_name(name: str, key: str) -> None:
+    """Raise a RecipeError for ``key`` when ``name`` cannot name a model: an unknown ``builtin:``, a
+    missing offline package, a local directory that is not there. Imports nothing heavy."""
+    if name.startswith(_paths.BUILTIN):
+        builtin = name.removeprefix(_paths.BUILTIN)
+        known = [*BUILTIN_MODELS, *PRETRAINED_OFFLINE]
+        if builtin not in known:
+            raise RecipeError(
+                f"unknown builtin model {name!r}{suggest(builtin, known)} (available: {', '.join('builtin:' + m for m in known)})",
+                key=key,
+            )
+        if builtin in PRETRAINED_OFFLINE:
+            try:
+                gguf_file(builtin)
+            except UsageError as err:
+                raise RecipeError(str(err), key=key) from None
+        return
+    if _paths.is_local(name) and not _paths.exists(name, directory=True):
+        raise RecipeError(
+            f"model directory {name!r} not found (relative paths are read from {Path.cwd()}); give an existing directory "
+            "(or a ptrain run directory), a hub ID, or builtin:tiny-llama",
+            key=key,
+        )
+
+
+def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False, key: str = "model.tokenizer") -> Any:
+    """The tokenizer at ``name`` (any model name), with a pad token (the EOS token when it has none)."""
     from transformers import AutoTokenizer
 
-    source = section.tokenizer or location
-    with _hub_errors(source, "model.tokenizer" if section.tokenizer else "model.name"):
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=section.revision, trust_remote_code=section.trust_remote_code
-        )
+    with _hub_errors(name, key):
+        tokenizer = AutoTokenizer.from_pretrained(model_location(name), revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(section: ModelSection, seed: int, extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` as the ``[model]`` section says; ``extra`` goes to ``from_pretrained``."""
+def load_pretrained(
+    name: str | ModelSection, *, like: ModelSection | None = None, seed: int = 0, key: str = "model.name", **kwargs: Any
+) -> LoadedModel:
+    """Load a model and its tokenizer under the core's rules, without running any method's hooks.
+
+    :param name: a hub ID, a local model directory, a ptrain run directory (its ``model/``),
+        ``builtin:NAME``, or a whole ``[model]`` section (:class:`ptrain.ModelSection`).
+    :param like: for a name, the ``[model]`` section whose ``dtype``, ``attn_implementation``,
+        ``trust_remote_code`` and ``revision`` to use (e.g. the recipe's, for a teacher).
+    :param seed: the initialisation of a ``builtin:`` random-init model.
+    :param key: the recipe key ``name`` came from, named in errors (``"distill.teacher"``).
+    :param kwargs: more ``from_pretrained`` arguments (``quantization_config``, ``device_map``…).
+
+    The rules: weights from safetensors only (pickled ``.bin`` files can run code), remote code
+    only where the section allows it (with a warning), the section's dtype and attention, an
+    unreachable hub or a missing model as a one-line :class:`ptrain.UsageError` naming ``key``.
+    """
     from transformers import AutoModelForCausalLM
 
+    if isinstance(name, ModelSection):
+        section = name
+    else:
+        base = like or ModelSection(name=name)
+        section = ModelSection(
+            name=name, revision=base.revision if like else None, dtype=base.dtype, attn_implementation=base.attn_implementation,
+            trust_remote_code=base.trust_remote_code,
+        )
     if section.trust_remote_code:
-        log.warning("model.trust_remote_code = true: code from %s will run on this machine", section.name)
-    location = model_location(section, seed)
-    tokenizer = load_tokenizer(section, location)
-    kwargs: dict[str, Any] = {
+        log.warning("%s: trust_remote_code is on: code from %s will run on this machine", key, section.name)
+    with _hub_errors(section.name, key):
+        location = model_location(section.name, seed)
+    tokenizer_key = key.rsplit(".", 1)[0] + ".tokenizer" if section.tokenizer else key
+    tokenizer = load_tokenizer(
+        section.tokenizer or section.name, revision=section.revision, trust_remote_code=section.trust_remote_code, key=tokenizer_key
+    )
+    options: dict[str, Any] = {
         "revision": section.revision,
         "dtype": resolve_dtype(section.dtype),
         "trust_remote_code": section.trust_remote_code,
         "use_safetensors": True,  # never unpickle weights (.bin files can run code)
-        **(extra or {}),
+        **kwargs,
     }
     attention = resolve_attention(section.attn_implementation)
     if attention:
-        kwargs["attn_implementation"] = attention
-    with _hub_errors(section.name, "model.name"):
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        options["attn_implementation"] = attention
+    with _hub_errors(section.name, key):
+        model = AutoModelForCausalLM.from_pretrained(location, **options)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if section.keep_layers is not None:
         keep_layers(model, section.keep_layers, section.name)
-    return model, tokenizer
+    if getattr(model, "is_loaded_in_4bit", False):
+        from ptrain._bnb import keep_off_packed_path
+
+        keep_off_packed_path(model, training=False)
+    return LoadedModel(model, tokenizer)
 
 
 def kept_layer_indices(total: int, keep: int) -> list[int]:
@@ -286,3 +345,20 @@ class _hub_errors:
         else:
             hint = "check the hub ID or directory (a local directory needs config.json and weights)"
         raise UsageError(f"{self.key} = {self.name!r}: cannot load ({text}); {hint}") from err
+
+
+def frozen_copy(model: Any) -> Any:
+    """A deep copy of ``model``, in eval mode, with no parameter requiring gradients: the reference
+    model of preference and RL methods, exactly as the run's model was loaded (before training)."""
+    import copy
+
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def is_adapter_model(model: Any) -> bool:
+    """Whether ``model`` carries peft adapters (e.g. the ``lora`` method wrapped it), told without importing peft.
+    Preference methods use it with its adapter disabled as their reference, instead of a copy."""
+    return type(model).__module__.split(".")[0] == "peft" and hasattr(model, "disable_adapter")

@@ -1,23 +1,25 @@
-"""Recipes: TOML files that say which methods take part in a run and how.
+"""Recipes: TOML files that say which plugins take part in a run and how.
 
 Loading a recipe reads the file, merges it over its ``extends`` chain, applies ``--set``
-overrides, then validates every section (the core's and each method's) against its schema.
-All of it happens before torch is imported. Every error names the file (or ``--set``) that
-holds the offending key.
+overrides, then validates it: every section against its schema (the core's and each plugin's),
+then the recipe as a whole (trainer ownership, data sources and formats, each plugin's
+``validate_recipe``), and, unless told not to, every row of local data files. All of it happens
+before torch is imported, and ``ptrain validate``, ``ptrain run`` and the testing kit share it.
+Every error names the file (or ``--set``) that holds the offending key.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptrain import schema
-from ptrain.config import (
-    BUILTIN_SOURCES,
+from ptrain import _data, _paths, _schema
+from ptrain._errors import DataError, RecipeError
+from ptrain._sections import (
     DataSection,
     DistributedSection,
     EvalSection,
@@ -25,7 +27,6 @@ from ptrain.config import (
     OutputSection,
     TrainSection,
 )
-from ptrain.errors import RecipeError, UsageError
 
 CORE_SECTIONS: dict[str, type] = {
     "model": ModelSection,
@@ -41,7 +42,12 @@ SET_SOURCE = "--set"
 
 @dataclass
 class Recipe:
-    """A validated recipe: the methods in call order and one validated object per section."""
+    """A validated recipe: the plugins in call order and one validated object per section.
+
+    What ``validate_recipe`` hooks read: ``methods``, ``section(name)`` (and the core sections as
+    ``model``, ``data``, ``train``, ``eval``, ``output``, ``distributed``), ``trainer_owner``,
+    ``data_fields`` and ``data_format``.
+    """
 
     name: str
     methods: list[str]
@@ -50,9 +56,22 @@ class Recipe:
     path: Path | None = None
     description: str = ""
     plugin_sections: dict[str, str] = field(default_factory=dict)
-    """Section name -> the method that owns it."""
+    """Section name -> the plugin that owns it."""
+    trainer_owner: str | None = None
+    """The method that builds the trainer, or None when the recipe does not train."""
+    data_plan: Any = field(default=None, repr=False, compare=False)
+    catalog: Any = field(default=None, repr=False, compare=False)
     plugins: Any = field(default=None, repr=False, compare=False)
-    """The :class:`ptrain.plugins.MethodSet` the recipe was validated with."""
+    """The :class:`ptrain._registry.MethodSet` of this recipe (the core's, not for plugins)."""
+    source_of: Callable[[str], str] = field(default=lambda key: "recipe", repr=False, compare=False)
+    """Dotted key -> the file (or ``--set``) that set it."""
+
+    def section(self, name: str) -> Any:
+        """The validated object of section ``name`` (a KeyError names the sections there are)."""
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise KeyError(f"no section [{name}] in this recipe (sections: {', '.join(self.sections)})") from None
 
     @property
     def model(self) -> ModelSection:
@@ -78,6 +97,21 @@ class Recipe:
     def distributed(self) -> DistributedSection:
         return self.sections["distributed"]
 
+    @property
+    def data_fields(self) -> frozenset[str] | None:
+        """Normalised fields every data row will have (``instruction``, ``output``, ``chosen``…), or None
+        when only loading the data can tell (a hub dataset with ``data.format = "auto"``)."""
+        return self.data_plan.fields if self.data_plan is not None else None
+
+    @property
+    def data_format(self) -> str | None:
+        """The name of the training data's format, or None when only loading can tell."""
+        return self.data_plan.format_name if self.data_plan is not None else None
+
+    def error(self, message: str, key: str) -> RecipeError:
+        """A RecipeError for ``key`` naming the file that set it."""
+        return RecipeError(message, source=self.source_of(key), key=key)
+
     def to_table(self) -> dict[str, Any]:
         """The fully resolved recipe (defaults filled in, ``extends`` flattened)."""
         table: dict[str, Any] = {"name": self.name}
@@ -86,7 +120,7 @@ class Recipe:
         table["methods"] = list(self.methods)
         table["seed"] = self.seed
         for name, value in self.sections.items():
-            table[name] = schema.to_table(value)
+            table[name] = _schema.to_table(value)
         return table
 
     def to_toml(self) -> str:
@@ -159,7 +193,7 @@ def _load_chain(path: Path, provenance: _Provenance, seen: tuple[Path, ...] = ()
         provenance.record(table, _display(path))
         return table
     if not isinstance(parent, str):
-        raise RecipeError(f"expected a path string, got {schema.show(parent)}", source=_display(path), key="extends")
+        raise RecipeError(f"expected a path string, got {_schema.show(parent)}", source=_display(path), key="extends")
     base = _load_chain(path.parent / parent, provenance, (*seen, path))
     provenance.record(table, _display(path))
     return deep_merge(base, table)
@@ -216,36 +250,54 @@ def apply_overrides(table: dict[str, Any], overrides: Iterable[str], provenance:
 # ---------------------------------------------------------------- validation
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = (), registry: Any = None) -> Recipe:
-    """Read, merge and validate a recipe file. Imports no heavy library."""
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), registry: Any = None, check_data: bool = True) -> Recipe:
+    """Read, merge and validate a recipe file. Imports no heavy library.
+
+    ``check_data``: also read local data files and normalise every row (``ptrain validate`` and
+    ``ptrain run`` do; a pipeline stage whose data an earlier stage writes checks it when its turn comes).
+    """
     provenance = _Provenance()
     path = Path(path)
     table = _load_chain(path, provenance)
     provenance.origin[""] = _display(path)
     table = apply_overrides(table, overrides, provenance)
-    return validate_table(table, provenance, path=path, registry=registry)
+    return validate_table(table, provenance, path=path, registry=registry, check_data=check_data)
 
 
-def load_recipe_dict(table: Mapping[str, Any], registry: Any = None, source: str = "recipe") -> Recipe:
-    """Validate a recipe given as a dict (tests, the plugin-author kit)."""
+def load_recipe_dict(
+    table: Mapping[str, Any], registry: Any = None, source: str = "recipe", overrides: Iterable[str] = (), check_data: bool = True
+) -> Recipe:
+    """Validate a recipe given as a dict (tests, the plugin-author kit), as :func:`load_recipe` does a file."""
+    import copy
+
     provenance = _Provenance()
     provenance.record(table, source)
     provenance.origin[""] = source
-    return validate_table(dict(table), provenance, path=None, registry=registry)
+    table = apply_overrides(copy.deepcopy(dict(table)), overrides, provenance)
+    return validate_table(table, provenance, path=None, registry=registry, check_data=check_data)
 
 
-def validate_table(table: dict[str, Any], source: Any, *, path: Path | None, registry: Any = None) -> Recipe:
-    from ptrain.plugins import PluginRegistry
+def _with_source(err: RecipeError, source: Callable[[str], str]) -> RecipeError:
+    """A RecipeError raised with a key but no file gets the file that set the key."""
+    if err.source is None and err.key:
+        return RecipeError(err.detail, source=source(err.key), key=err.key)
+    return err
+
+
+def validate_table(
+    table: dict[str, Any], source: Callable[[str], str], *, path: Path | None, registry: Any = None, check_data: bool = True
+) -> Recipe:
+    from ptrain._registry import PluginRegistry
 
     registry = registry or PluginRegistry.discover()
     for key, expected in TOP_LEVEL_KEYS.items():
         if key in table and not isinstance(table[key], expected):
             raise RecipeError(
-                f"expected {schema.type_name(expected)}, got {schema.show(table[key])}", source=source(key), key=key
+                f"expected {_schema.type_name(expected)}, got {_schema.show(table[key])}", source=source(key), key=key
             )
     seed = table.get("seed", 42)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise RecipeError(f"expected an integer in [0, 2**32), got {schema.show(seed)}", source=source("seed"), key="seed")
+        raise RecipeError(f"expected an integer in [0, 2**32), got {_schema.show(seed)}", source=source("seed"), key="seed")
     methods = table.get("methods")
     if methods is None:
         raise RecipeError(
@@ -254,7 +306,7 @@ def validate_table(table: dict[str, Any], source: Any, *, path: Path | None, reg
         )
     for i, method in enumerate(methods):
         if not isinstance(method, str):
-            raise RecipeError(f"expected a method name string, got {schema.show(method)}", source=source("methods"), key=f"methods[{i}]")
+            raise RecipeError(f"expected a method name string, got {_schema.show(method)}", source=source("methods"), key=f"methods[{i}]")
     if len(set(methods)) != len(methods):
         dup = next(m for m in methods if methods.count(m) > 1)
         raise RecipeError(f"method {dup!r} is listed twice", source=source("methods"), key="methods")
@@ -270,125 +322,99 @@ def validate_table(table: dict[str, Any], source: Any, *, path: Path | None, reg
         owner = registry.section_owner(key)
         if owner:
             raise RecipeError(
-                f"section [{key}] belongs to method {owner!r}, which is not in methods; add {owner!r} to methods or remove the section",
+                f"section [{key}] belongs to plugin {owner!r}, which is not in methods; add {owner!r} to methods or remove the section",
                 source=source(key),
                 key=key,
             )
         raise RecipeError(
-            f"unknown key{schema.suggest(key, sorted(known))} (top-level keys: {', '.join(sorted(TOP_LEVEL_KEYS))}; sections: {', '.join(sorted(set(CORE_SECTIONS) | set(owners)))})",
+            f"unknown key{_schema.suggest(key, sorted(known))} (top-level keys: {', '.join(sorted(TOP_LEVEL_KEYS))}; sections: {', '.join(sorted(set(CORE_SECTIONS) | set(owners)))})",
             source=source(key),
             key=key,
         )
     for name, section_schema in {**CORE_SECTIONS, **{s: owners[s][1] for s in owners}}.items():
         value = table.get(name, {})
         if not isinstance(value, Mapping):
-            raise RecipeError(f"expected a table [{name}], got {schema.show(value)}", source=source(name), key=name)
+            raise RecipeError(f"expected a table [{name}], got {_schema.show(value)}", source=source(name), key=name)
         if name in ("model", "data") and name not in table:
             raise RecipeError(f"missing section [{name}]; every recipe needs one", source=source(""), key=name)
-        sections[name] = schema.build(section_schema, value, name, source)
+        sections[name] = _schema.build(section_schema, value, name, source)
 
-    trainers = plugins.trainer_builders()
+    trainers = plugins.trainer_owners()
     if len(trainers) > 1:
         raise RecipeError(
             f"methods {' and '.join(repr(t) for t in trainers)} both build the trainer; a run has one trainer, keep one of them",
             source=source("methods"),
             key="methods",
         )
+    modifiers = plugins.trainer_modifiers()
+    if modifiers and not trainers:
+        raise RecipeError(
+            f"{' and '.join(repr(m) for m in modifiers)} {'shapes' if len(modifiers) == 1 else 'shape'} the trainer another method "
+            "builds, and no method in methods builds one; add a trainer method (e.g. methods = "
+            f"{['sft', *methods]!r})",
+            source=source("methods"),
+            key="methods",
+        )
     _check_name(table.get("name"), source)
-    _check_paths(sections, source)
-    name = table.get("name") or (path.stem if path else "run")
-    return Recipe(
-        name=name,
+    _check_output(sections["output"], source)
+
+    catalog = _data.Catalog()
+    try:
+        for name, items in plugins.collect_by_plugin("data_formats").items():
+            catalog.add_formats(name, items)
+        for name, items in plugins.collect_by_plugin("data_sources").items():
+            catalog.add_sources(name, items)
+        data_plan = _data.plan(sections["data"], catalog, seed, read_local=check_data)
+    except RecipeError as err:
+        raise _with_source(err, source) from None
+    except DataError as err:
+        raise _data_hint(err, sections["data"], catalog, registry) from None
+    recipe = Recipe(
+        name=table.get("name") or (path.stem if path else "run"),
         methods=list(methods),
-        seed=table.get("seed", 42),
+        seed=seed,
         sections=sections,
         path=path,
         description=table.get("description", ""),
         plugin_sections={s: owner for s, (owner, _) in owners.items()},
+        trainer_owner=trainers[0] if trainers else None,
+        data_plan=data_plan,
+        catalog=catalog,
         plugins=plugins,
+        source_of=source,
     )
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.endswith((".jsonl", ".json", ".csv", ".parquet"))
-
-
-def _path_exists(value: str, directory: bool = False) -> bool:
     try:
-        path = Path(value).expanduser()
-        return path.is_dir() if directory else path.exists()
-    except (OSError, ValueError, RuntimeError):  # NUL bytes, an unknown ~user, a name too long
-        return False
+        plugins.hook.validate_recipe(recipe=recipe)
+    except RecipeError as err:
+        raise _with_source(err, source) from None
+    return recipe
 
 
-def _check_name(name: Any, source: Any) -> None:
+def _data_hint(err: DataError, section: DataSection, catalog: Any, registry: Any) -> DataError:
+    """A data error, with a hint when an installed plugin that is not in methods provides the format asked for."""
+    if section.format == "auto" or section.format in catalog.formats:
+        return err
+    providers = registry.providers("data_formats", section.format)
+    return DataError(f"{err}; plugin {providers[0]!r} provides format {section.format!r}: add it to methods") if providers else err
+
+
+def _check_name(name: Any, source: Callable[[str], str]) -> None:
     """The name becomes the default run directory ``runs/<name>``: one plain path component."""
     if not isinstance(name, str):
         return
     if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
         raise RecipeError(
-            f"{schema.show(name)} cannot name a run directory; use letters, digits, '-', '_' or '.' (no '/', no '..')",
+            f"{_schema.show(name)} cannot name a run directory; use letters, digits, '-', '_' or '.' (no '/', no '..')",
             source=source("name"),
             key="name",
         )
 
 
-def _check_paths(sections: dict[str, Any], source: Any) -> None:
-    """Local files named by the recipe must exist: found now, not after loading a model."""
-    output: OutputSection = sections["output"]
-    if output.dir is not None:
-        try:
-            target = Path(output.dir).expanduser()
-            is_file = target.is_file()
-        except (OSError, ValueError, RuntimeError) as err:
-            raise RecipeError(f"{schema.show(output.dir)} is not a usable directory path ({err})", source=source("output.dir"), key="output.dir") from None
-        if not output.dir.strip() or is_file:
-            raise RecipeError(f"{schema.show(output.dir)} is not a directory path; name a directory", source=source("output.dir"), key="output.dir")
-    data: DataSection = sections["data"]
-    for key in ("source", "eval_source"):
-        value = getattr(data, key)
-        if value and not value.startswith("builtin:") and _looks_local(value):
-            if not _path_exists(value):
-                raise RecipeError(
-                    f"data file {value!r} not found (relative paths are read from {Path.cwd()}); check the path",
-                    source=source(f"data.{key}"),
-                    key=f"data.{key}",
-                )
-    if data.source.startswith("builtin:") and data.source not in BUILTIN_SOURCES:
-        raise RecipeError(
-            f"unknown builtin data source {data.source!r}; the bundled ones are {', '.join(map(repr, BUILTIN_SOURCES))}",
-            source=source("data.source"),
-            key="data.source",
-        )
-    if data.source in BUILTIN_SOURCES:
-        from ptrain.tasks import TASKS
-
-        for i, task in enumerate(data.tasks):
-            if task not in TASKS:
-                raise RecipeError(
-                    f"unknown task {task!r}{schema.suggest(task, list(TASKS))} (tasks: {', '.join(TASKS)})",
-                    source=source("data.tasks"),
-                    key=f"data.tasks[{i}]",
-                )
-    model: ModelSection = sections["model"]
-    from ptrain.models import BUILTIN_MODELS, PRETRAINED_OFFLINE, gguf_file
-
-    builtin = model.name.removeprefix("builtin:")
-    if model.name.startswith("builtin:") and builtin not in {**BUILTIN_MODELS, **PRETRAINED_OFFLINE}:
-        raise RecipeError(
-            f"unknown builtin model {model.name!r}{schema.suggest(builtin, [*BUILTIN_MODELS, *PRETRAINED_OFFLINE])} "
-            f"(available: {', '.join('builtin:' + m for m in [*BUILTIN_MODELS, *PRETRAINED_OFFLINE])})",
-            source=source("model.name"),
-            key="model.name",
-        )
-    if model.name.startswith("builtin:") and builtin in PRETRAINED_OFFLINE:
-        try:
-            gguf_file(builtin)
-        except UsageError as err:
-            raise RecipeError(str(err), source=source("model.name"), key="model.name") from None
-    if _looks_local(model.name) and not _path_exists(model.name, directory=True):
-        raise RecipeError(
-            f"model directory {model.name!r} not found; give an existing directory, a hub ID or builtin:tiny-llama",
-            source=source("model.name"),
-            key="model.name",
-        )
+def _check_output(output: OutputSection, source: Callable[[str], str]) -> None:
+    if output.dir is None:
+        return
+    target = _paths.expand(output.dir)
+    if target is None:
+        raise RecipeError(f"{_schema.show(output.dir)} is not a usable directory path", source=source("output.dir"), key="output.dir")
+    if not output.dir.strip() or target.is_file():
+        raise RecipeError(f"{_schema.show(output.dir)} is not a directory path; name a directory", source=source("output.dir"), key="output.dir")

@@ -13,11 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ptrain.errors import RecipeError
-
-ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-ALPACA_TEMPLATE_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
-BUILTIN_SOURCES = ("builtin:tasks", "builtin:preferences")
+from ptrain._errors import RecipeError
 
 
 def check_template(template: str, key: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
@@ -66,11 +62,13 @@ class DataSection:
     """``[data]``: what to train and evaluate on."""
 
     source: str
-    """A local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a hub dataset ID, ``builtin:tasks``, or
+    """A local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a hub dataset ID, ``builtin:tasks``,
     ``builtin:preferences`` (the same tasks as preference pairs: chosen = the correct answer,
-    rejected = a plausible wrong one)."""
-    format: Literal["auto", "prompt_completion", "alpaca", "dolly", "messages", "preference"] = "auto"
-    """``preference``: columns ``prompt``, ``chosen``, ``rejected`` (text, or chat messages)."""
+    rejected = a plausible wrong one), or a source a plugin registers."""
+    format: str = "auto"
+    """``auto`` (told from the columns), or a registered format: ``prompt_completion``, ``alpaca``,
+    ``dolly``, ``messages``, ``preference`` (``prompt``, ``chosen``, ``rejected``), ``unpaired``
+    (``prompt``, ``completion``, ``label``), ``text``, or one a plugin adds (``ptrain list``)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Rename source columns to the format's names, e.g. ``{ prompt = "question", completion = "answer" }``."""
     split: str = "train"
@@ -91,6 +89,13 @@ class DataSection:
     num_examples: int = 2000
 
     def validate(self) -> None:
+        from ptrain._tasks import TASKS
+
+        for i, task in enumerate(self.tasks):
+            if task not in TASKS:
+                close = difflib.get_close_matches(task, list(TASKS), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise RecipeError(f"unknown task {task!r}{hint} (tasks: {', '.join(TASKS)})", key=f"tasks[{i}]")
         if self.eval_size < 0:
             raise RecipeError("must be >= 0", key="eval_size")
         if self.num_examples < 1:

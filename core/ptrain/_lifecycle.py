@@ -1,7 +1,8 @@
-"""One run of a recipe: the context handed to every hook, and the lifecycle the core owns."""
+"""One run of a recipe: the run directory, and the lifecycle the core owns (hooks in order, training, metrics)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,14 +13,16 @@ import sys
 import time
 import tomllib
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from ptrain import artifacts
-from ptrain.errors import RunInterrupted, UsageError
-from ptrain.recipe import Recipe
-from ptrain.redact import RedactingFilter, redact_argv, redact_toml
+from ptrain import _artifacts
+from ptrain._bnb import keep_off_packed_path
+from ptrain._errors import RunInterrupted, UsageError
+from ptrain._memory import measure_memory, memory_in_use_mb
+from ptrain._recipe import Recipe
+from ptrain._redact import RedactingFilter, redact_argv, redact_toml
+from ptrain._run import Run
 
 log = logging.getLogger("ptrain")
 STAGES = ("base", "final")
@@ -29,55 +32,6 @@ RESUME_IGNORES = (
 )
 """Recipe keys (and sections) that may change between a run and its resumption: they do not alter training."""
 VERSIONED = ("ptrain", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers", "pluggy")
-
-
-class LoadedModel(NamedTuple):
-    """Result of ``load_model``."""
-
-    model: Any
-    tokenizer: Any
-
-
-class DataSplits(NamedTuple):
-    """Result of ``prepare_data``: ``datasets.Dataset`` objects."""
-
-    train: Any
-    eval: Any
-
-
-@dataclass
-class Run:
-    """Everything a hook may read or set during one run."""
-
-    recipe: Recipe
-    dir: Path
-    console: Any = None
-    model: Any = None
-    tokenizer: Any = None
-    train_dataset: Any = None
-    eval_dataset: Any = None
-    trainer: Any = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra ``from_pretrained`` keyword arguments, set by ``load_model`` wrappers before the core loads."""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
-    """Name -> path of what export wrote (``model``, ``adapter``…); later exporters may skip what is there."""
-    state: dict[str, Any] = field(default_factory=dict)
-    """Scratch space shared between hooks; key by your method's name."""
-    resume: bool = False
-    is_main_process: bool = True
-
-    @property
-    def log(self) -> logging.Logger:
-        return log
-
-    def section(self, name: str) -> Any:
-        """The validated object of recipe section ``name``."""
-        return self.recipe.sections[name]
-
-    @property
-    def hook(self) -> Any:
-        return self.recipe.plugins.hook
 
 
 # ------------------------------------------------------------------ run directory
@@ -156,7 +110,7 @@ def _cpu_name() -> str:
 
 
 def _world_size() -> int:
-    from ptrain.training import world_size
+    from ptrain._training import world_size
 
     return world_size()
 
@@ -207,11 +161,8 @@ def execute(
     touched. Only the main process (rank 0) writes the run directory; a run directory this call
     created is removed again when a user error stops the run before training started.
     """
-    from ptrain.data import check_local_files
-
     resume = resume or recipe.output.resume
     main = process_rank() == 0
-    check_local_files(recipe.data)
     target = run_path(recipe, output_dir)
     if resume:
         check_resumable(recipe, target)
@@ -230,7 +181,7 @@ def execute(
         raise
     except UsageError as err:
         log.debug("%s", err)  # the CLI shows it
-        if created and not run.state.get("core.training_started"):
+        if created and not run._core.training_started:
             if handler is not None:
                 _detach_log_file(handler)
                 handler = None
@@ -326,25 +277,30 @@ def _stages(run: Run) -> None:
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     hf_logging.set_verbosity_warning()
     recipe = run.recipe
+    hook = recipe.plugins.hook
     if run.is_main_process:
-        artifacts.write_text(run.dir / "recipe.resolved.toml", redact_toml(recipe.to_toml()))
-        artifacts.write_json(run.dir / "env.json", environment(recipe.seed))
+        _artifacts.write_text(run.dir / "recipe.resolved.toml", redact_toml(recipe.to_toml()))
+        _artifacts.write_json(run.dir / "env.json", environment(recipe.seed))
     started = time.perf_counter()
     set_seed(recipe.seed)
+    run._core.memory_baseline_mb = memory_in_use_mb()
 
     with _status(run, "loading model"):
-        loaded = run.hook.load_model(run=run)
-    run.model, run.tokenizer = loaded
+        run.model, run.tokenizer = hook.load_model(run=run)
+    if recipe.trainer_owner is not None:
+        keep_off_packed_path(run.model, training=True)  # a repacked 4-bit layer has no backward
     with _status(run, "preparing data"):
-        splits = run.hook.prepare_data(run=run)
-    run.train_dataset, run.eval_dataset = splits
+        run.train_dataset, run.eval_dataset = hook.prepare_data(run=run)
     log.info("data: %d train rows, %d eval rows", len(run.train_dataset), len(run.eval_dataset))
 
     if recipe.eval.base and run.is_main_process:
         _evaluate(run, "base")
 
-    run.trainer = run.hook.build_trainer(run=run)
+    if recipe.trainer_owner is not None:
+        run._core.setup = [(name, setup) for name, setup in recipe.plugins.call_each("training_setup", run=run) if setup]
+        run.trainer = hook.build_trainer(run=run)
     if run.trainer is not None:
+        _apply_setup(run)
         _train(run)
     else:
         log.info("no method in %s builds a trainer: skipping training", recipe.methods)
@@ -352,13 +308,40 @@ def _stages(run: Run) -> None:
         return  # rank 0 evaluates and writes the run directory
 
     _evaluate(run, "final")
-    run.metrics["run"] = {"wall_time_s": round(time.perf_counter() - started, 2), "methods": recipe.methods}
-    artifacts.write_json(run.dir / "metrics.json", run.metrics)
+    run.metrics["run"] = {"wall_time_s": round(time.perf_counter() - started, 2), "methods": recipe.methods, "model": recipe.model.name}
+    _artifacts.write_json(run.dir / "metrics.json", run.metrics)
     with _status(run, "exporting"):
-        written = [p for paths in run.hook.export(run=run) for p in (paths or [])]
+        written = [p for paths in hook.export(run=run) for p in (paths or [])]
     run.metrics["artifacts"] = sorted({str(p) for p in written})
     run.metrics["run"]["wall_time_s"] = round(time.perf_counter() - started, 2)
-    artifacts.write_json(run.dir / "metrics.json", run.metrics)
+    run.metrics["report"] = [dataclasses.asdict(row) for row in report_rows(recipe)]
+    _artifacts.write_json(run.dir / "metrics.json", run.metrics)
+
+
+def report_rows(recipe: Recipe) -> list[Any]:
+    """The rows the core and the recipe's plugins want reported, without duplicates."""
+    seen: dict[tuple[str, str], Any] = {}
+    for rows in recipe.plugins.collect_by_plugin("report_rows").values():
+        for row in rows:
+            seen.setdefault((row.label, row.key), row)
+    return list(seen.values())
+
+
+def _apply_setup(run: Run) -> None:
+    """What modifiers contributed: their arguments must have reached the trainer; their callbacks join it."""
+    args = getattr(run.trainer, "args", None)
+    for method, setup in run._core.setup:
+        for name, value in setup.arguments.items():
+            if args is not None and getattr(args, name, value) != value:
+                raise UsageError(
+                    f"method {method!r} set training argument {name}={value!r}, but the trainer {run.recipe.trainer_owner!r} built "
+                    f"has {name}={getattr(args, name)!r}: {run.recipe.trainer_owner!r} must build its arguments with "
+                    "ptrain.training_arguments; the two methods do not compose until it does"
+                )
+        for callback in setup.callbacks:
+            if not hasattr(run.trainer, "add_callback"):
+                raise UsageError(f"method {method!r} adds a training callback, and the trainer {run.recipe.trainer_owner!r} built takes none")
+            run.trainer.add_callback(callback)
 
 
 class _status:
@@ -380,47 +363,16 @@ class _status:
 
 def _evaluate(run: Run, stage: str) -> None:
     with _status(run, f"evaluating the {'base' if stage == 'base' else 'trained'} model"):
-        results = run.hook.evaluate(run=run, stage=stage)
+        results = run.recipe.plugins.hook.evaluate(run=run, stage=stage)
     merged: dict[str, Any] = {}
     for result in reversed(results):  # core results first, methods' after
         merged.update(result or {})
     run.metrics[stage] = merged
-    artifacts.write_json(run.dir / "metrics.json", run.metrics)
-
-
-def reset_peak_memory() -> None:
-    """Start a new peak for :func:`peak_memory_mb` (CUDA peak stats; on Linux the process's VmHWM)."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # not Linux: the peak stays the process's lifetime peak
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB, since the last reset."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+    _artifacts.write_json(run.dir / "metrics.json", run.metrics)
 
 
 def _train(run: Run) -> None:
-    from ptrain.training import interrupt_callback, progress_callback, world_size
+    from ptrain._training import interrupt_callback, progress_callback, world_size
 
     trainer = run.trainer
     stopper = None
@@ -437,11 +389,11 @@ def _train(run: Run) -> None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run.dir / "checkpoints")
     elif checkpoint is not None:
         log.info("resuming from %s", checkpoint)
-    run.state["core.training_started"] = True
-    reset_peak_memory()
+    run._core.training_started = True
     started = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with measure_memory(baseline_mb=run._core.memory_baseline_mb) as memory:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         if stopper is not None:
             stopper.on_train_end(None, None, None)
@@ -449,7 +401,7 @@ def _train(run: Run) -> None:
     state = trainer.state
     if stopper is not None and stopper.stopped_by:
         if run.is_main_process:
-            artifacts.write_json(run.dir / "log_history.json", state.log_history)
+            _artifacts.write_json(run.dir / "log_history.json", state.log_history)
         saved = _latest_checkpoint(run.dir / "checkpoints")
         raise RunInterrupted(
             f"{stopper.stopped_by}: stopped at step {state.global_step} of {state.max_steps}; checkpoint {saved}; "
@@ -465,7 +417,7 @@ def _train(run: Run) -> None:
         "train_time_s": round(seconds, 2),
         "tokens_seen": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
-        "peak_memory_mb": round(peak_memory_mb(), 1),
+        **memory.as_metrics(),
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
         "world_size": world_size(),
@@ -473,9 +425,9 @@ def _train(run: Run) -> None:
     }
     if not run.is_main_process:
         return
-    artifacts.write_json(run.dir / "log_history.json", state.log_history)
+    _artifacts.write_json(run.dir / "log_history.json", state.log_history)
     if run.recipe.output.plots:
-        from ptrain.plots import loss_curve
+        from ptrain._plots import loss_curve
 
         loss_curve(state.log_history, run.dir / "loss.png", title=run.recipe.name)
 

@@ -1,0 +1,153 @@
+"""The core's own plugin (``core``): its checks, data formats and sources, report rows, the default
+loader, data, evaluation and export.
+
+Registered in every run under the name ``core``, through the same hooks any plugin uses; its
+run-time implementations are ``trylast``, so any method can replace or wrap them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from ptrain import _artifacts
+from ptrain._formats import CORE_FORMATS
+from ptrain._sources import CORE_SOURCES
+from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, ReportRow
+from ptrain.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ptrain._recipe import Recipe
+    from ptrain._run import Run
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe: Recipe) -> None:
+    from ptrain._models import check_model_name
+
+    check_model_name(recipe.model.name, "model.name")
+    if recipe.model.tokenizer:
+        check_model_name(recipe.model.tokenizer, "model.tokenizer")
+
+
+@hookimpl
+def data_formats() -> list[DataFormat]:
+    return CORE_FORMATS
+
+
+@hookimpl
+def data_sources() -> list[DataSource]:
+    return CORE_SOURCES
+
+
+@hookimpl
+def report_rows() -> list[ReportRow]:
+    return [
+        ReportRow("methods", "run.methods"),
+        ReportRow("model", "run.model"),
+        ReportRow("parameters", "train.parameters", format="count"),
+        ReportRow("trainable parameters", "train.trainable_parameters", format="count"),
+        ReportRow("training steps", "train.steps"),
+        ReportRow("training time (s)", "train.train_time_s", chart="panel"),
+        ReportRow("peak training memory (MiB)", "train.peak_memory_mb"),
+        ReportRow("training memory above baseline (MiB)", "train.memory_above_baseline_mb"),
+        ReportRow("size on disk (MiB)", "final.model_size_mb"),
+        ReportRow("inference memory (MiB)", "final.memory_footprint_mb", chart="panel"),
+        ReportRow("generation tokens/s", "final.generation_tokens_per_s", chart="panel"),
+        ReportRow("eval loss", "final.eval_loss"),
+        ReportRow("perplexity (completions)", "final.perplexity", chart="panel"),
+        ReportRow("task metric", "final.task_metric", base=True, chart="quality"),
+        ReportRow("valid JSON", "final.valid_json_rate", base=True, chart="quality"),
+    ]
+
+
+@hookimpl(trylast=True)
+def load_model(run: Run) -> LoadedModel:
+    from ptrain._models import load_pretrained
+
+    return load_pretrained(run.recipe.model, seed=run.recipe.seed, **run.model_kwargs)
+
+
+@hookimpl(trylast=True)
+def prepare_data(run: Run) -> DataSplits:
+    from ptrain._data import load_rows, render, templates, to_dataset
+
+    recipe, plan = run.recipe, run.recipe.data_plan
+    train, evaluation = load_rows(plan, recipe.data, recipe.catalog, recipe.seed)
+    render(train, recipe.data, run.tokenizer, templates(plan.train, recipe.data))
+    render(evaluation, recipe.data, run.tokenizer, templates(plan.eval or plan.train, recipe.data))
+    return DataSplits(to_dataset(train), to_dataset(evaluation))
+
+
+@hookimpl(trylast=True)
+def evaluate(run: Run, stage: str) -> dict[str, Any]:
+    from ptrain._evaluation import completion_loss, generate, metric_for, perplexity, task_scores, valid_json
+    from ptrain._memory import footprint_bytes
+
+    section = run.recipe.eval
+    rows = list(run.eval_dataset)
+    if not rows:
+        return {}
+    loss = completion_loss(
+        run.model,
+        run.tokenizer,
+        [r["prompt"] for r in rows],
+        [r["completion"] for r in rows],
+        batch_size=section.batch_size,
+        max_length=run.recipe.train.max_length,
+    )
+    sample = rows[: section.max_samples]
+    generations = generate(run.model, run.tokenizer, [r["prompt"] for r in sample], section.max_new_tokens, section.batch_size)
+    scores = task_scores(sample, generations.texts, section.metric)
+    per_task: dict[str, list[float]] = defaultdict(list)
+    for row, score in zip(sample, scores, strict=True):
+        per_task[row.get("task") or "all"].append(score)
+    run._core.generations[stage] = generations.texts
+    run._core.scores[stage] = scores
+    if stage == "final":
+        base = run._core.generations.get("base")
+        base_scores = run._core.scores.get("base")
+        _artifacts.write_jsonl(
+            run.dir / "samples.jsonl",
+            [
+                {
+                    "prompt": row["prompt"],
+                    **{key: row[key] for key in ("instruction", "input") if row.get(key)},
+                    "reference": row["output"],
+                    "generation": text,
+                    "correct": bool(score),
+                    **({"base_generation": base[i], "base_correct": bool(base_scores[i])} if base else {}),
+                }
+                for i, (row, text, score) in enumerate(zip(sample, generations.texts, scores, strict=True))
+            ],
+        )
+    metrics: dict[str, Any] = {
+        "eval_loss": round(loss, 6),
+        "perplexity": round(perplexity(loss), 4),
+        "task_metric": round(sum(scores) / len(scores), 4),
+        "task_metric_name": sorted({metric_for(r, section.metric) for r in sample}),
+        "eval_rows": len(rows),
+        "generated_rows": len(sample),
+        "generation_tokens_per_s": round(generations.tokens_per_second, 1),
+        # parameters and buffers as loaded: the inference memory floor
+        "memory_footprint_mb": round(footprint_bytes(run.model) / 2**20, 1),
+    }
+    json_rows = [(row, text) for row, text in zip(sample, generations.texts, strict=True) if metric_for(row, section.metric) == "json_match"]
+    if json_rows:  # how often the output parses at all, next to how often it is exactly right
+        metrics["valid_json_rate"] = round(sum(valid_json(text) for _, text in json_rows) / len(json_rows), 4)
+    if len(per_task) > 1:
+        metrics["task_metric_by_task"] = {t: round(sum(s) / len(s), 4) for t, s in sorted(per_task.items())}
+    return metrics
+
+
+@hookimpl(trylast=True)
+def export(run: Run) -> list[str]:
+    if not run.recipe.output.save_model or "model" in run.artifacts:
+        return []
+    target = run.dir / "model"
+    with _artifacts.atomic_dir(target) as tmp:
+        run.model.save_pretrained(tmp, safe_serialization=True)
+        run.tokenizer.save_pretrained(tmp)
+    run.artifacts["model"] = str(target)
+    run.metrics.setdefault("final", {})["model_size_mb"] = round(_artifacts.dir_size(target) / 2**20, 3)
+    return [str(target)]

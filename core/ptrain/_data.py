@@ -1,0 +1,254 @@
+"""Training data: planned at validation, read and rendered at run time, through the registered sources and formats.
+
+At ``ptrain validate`` the recipe's ``data.source`` (and ``data.eval_source``) is matched to a
+registered :class:`DataSource` and its rows' :class:`DataFormat` is found (named, fixed by the
+source, or told from a local file's columns); local rows are read and every one normalised, so
+a bad row is reported by file and line before anything heavy loads. At run time the rows are
+split, rendered into ``prompt`` and ``completion`` (prompt templates, or the tokenizer's chat
+template for conversations) and handed to the methods as ``datasets.Dataset`` objects.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptrain._errors import DataError, RecipeError
+from ptrain._formats import PLAIN_TEMPLATE, PLAIN_TEMPLATE_NO_INPUT
+from ptrain._schema import suggest
+from ptrain._sections import DataSection
+from ptrain._types import DataFormat, DataRequest, DataSource
+
+Rows = list[dict[str, Any]]
+
+
+@dataclass
+class Catalog:
+    """The formats and sources a recipe's plugins (and the core) registered, with who registered each."""
+
+    formats: dict[str, tuple[str, DataFormat]] = field(default_factory=dict)
+    sources: list[tuple[str, DataSource]] = field(default_factory=list)
+
+    def add_formats(self, plugin: str, formats: list[DataFormat]) -> None:
+        for fmt in formats or []:
+            if fmt.name in self.formats:
+                raise RecipeError(
+                    f"data format {fmt.name!r} is registered by both {self.formats[fmt.name][0]!r} and {plugin!r}; keep one of them",
+                    key="methods",
+                )
+            self.formats[fmt.name] = (plugin, fmt)
+
+    def add_sources(self, plugin: str, sources: list[DataSource]) -> None:
+        self.sources.extend((plugin, source) for source in sources or [])
+
+    def source_for(self, location: str, key: str) -> DataSource:
+        for _, source in self.sources:
+            if source.matches(location):
+                return source
+        names = ", ".join(s.name for _, s in self.sources)
+        raise RecipeError(f"no data source reads {location!r} (sources: {names}){suggest(location, [s.name for _, s in self.sources])}", key=key)
+
+    def format(self, name: str, key: str = "data.format") -> DataFormat:
+        if name not in self.formats:
+            known = sorted(self.formats)
+            raise RecipeError(
+                f"unknown data format {name!r}{suggest(name, known)} (formats: auto, {', '.join(known)}); a plugin that adds "
+                "a format takes part only when the recipe's methods name it",
+                key=key,
+            )
+        return self.formats[name][1]
+
+    def detect(self, columns: set[str], where: str) -> DataFormat:
+        """The format whose columns the row has; more columns win, then registration order."""
+        candidates = sorted((fmt for _, fmt in self.formats.values()), key=lambda f: -len(f.columns))
+        for fmt in candidates:
+            if set(fmt.columns) <= columns:
+                return fmt
+        layouts = "; ".join(f"{f.name}: {', '.join(f.columns)}" for f in candidates)
+        raise DataError(
+            f"{where}: cannot tell the data format from columns {sorted(columns)} ({layouts}); set data.format and map your "
+            'columns with data.columns, e.g. columns = { prompt = "question", completion = "answer" }'
+        )
+
+
+@dataclass
+class Part:
+    """One place rows come from: the training source, or a separate evaluation source."""
+
+    location: str
+    key: str
+    role: str
+    source: DataSource
+    format: DataFormat | None
+    """None until the rows are read (a hub dataset with ``format = "auto"``)."""
+    rows: Rows | None = None
+    """Normalised rows, once read."""
+
+
+@dataclass
+class DataPlan:
+    train: Part
+    eval: Part | None
+    """A separate source of evaluation rows (``data.eval_source`` or the source's own eval split); None: held out."""
+
+    @property
+    def fields(self) -> frozenset[str] | None:
+        """Normalised fields every row will have, or None when only reading the rows can tell."""
+        parts = [p for p in (self.train, self.eval) if p is not None]
+        if any(p.format is None for p in parts):
+            return None
+        return frozenset.intersection(*(p.format.fields for p in parts))  # type: ignore[union-attr]
+
+    @property
+    def format_name(self) -> str | None:
+        return self.train.format.name if self.train.format else None
+
+
+def plan(section: DataSection, catalog: Catalog, seed: int, read_local: bool = True) -> DataPlan:
+    """Match sources and formats to the ``[data]`` section; with ``read_local``, read local rows and normalise every one."""
+    train = _part(section.source, "data.source", "train", section, catalog, seed, read_local)
+    evaluation = None
+    if section.eval_source:
+        evaluation = _part(section.eval_source, "data.eval_source", "eval", section, catalog, seed, read_local)
+    elif train.source.serves_eval:
+        evaluation = _part(section.source, "data.source", "eval", section, catalog, seed, read_local)
+    return DataPlan(train, evaluation)
+
+
+def _part(location: str, key: str, role: str, section: DataSection, catalog: Catalog, seed: int, read_local: bool) -> Part:
+    source = catalog.source_for(location, key)
+    fmt: DataFormat | None = None
+    if section.format != "auto":
+        fmt = catalog.format(section.format)
+        if source.format and source.format != fmt.name:
+            raise RecipeError(f"{location} has rows in format {source.format!r}, not {fmt.name!r}; remove data.format", key="data.format")
+    elif source.format:
+        fmt = catalog.format(source.format)
+    part = Part(location, key, role, source, fmt)
+    if read_local and source.local:
+        read(part, section, catalog, seed)
+    return part
+
+
+def read(part: Part, section: DataSection, catalog: Catalog, seed: int) -> Rows:
+    """Read and normalise every row of ``part`` (once); the first bad row raises a DataError naming it."""
+    if part.rows is not None:
+        return part.rows
+    request = DataRequest(part.location, part.key, part.role, section.split, seed, section)  # type: ignore[arg-type]
+    raw = part.source.read(request)
+    if not raw:
+        raise DataError(f"{part.key} = {part.location!r}: no rows")
+    mapping = {v: k for k, v in section.columns.items()}  # source column -> the format's name
+    first_where, first = raw[0]
+    missing = [v for v in section.columns.values() if v not in first]
+    if missing:
+        raise DataError(f"{first_where}: data.columns maps column(s) {missing} that the data does not have; columns: {sorted(first)}")
+    renamed = [(where, {mapping.get(k, k): v for k, v in row.items()}) for where, row in raw]
+    if part.format is None:
+        part.format = catalog.detect(set(renamed[0][1]), renamed[0][0])
+    fmt = part.format
+    rows = []
+    for where, row in renamed:
+        absent = [c for c in fmt.columns if c not in row]
+        if absent:
+            raise DataError(f"{where}: format {fmt.name!r} needs column(s) {absent}; found {sorted(row)}; map yours with data.columns")
+        normalised = fmt.normalize(row, where)
+        for name in fmt.fields:
+            if normalised.get(name) in (None, "", []):
+                raise DataError(f"{where}: format {fmt.name!r} gave no {name!r} for this row; fix or remove the row")
+        normalised.setdefault("task", str(row.get("task") or ""))
+        rows.append(normalised)
+    part.rows = rows
+    return rows
+
+
+def load_rows(data: DataPlan, section: DataSection, catalog: Catalog, seed: int) -> tuple[Rows, Rows]:
+    """Train and eval rows, normalised (not yet rendered)."""
+    train = [dict(r) for r in read(data.train, section, catalog, seed)]
+    if data.eval is not None:
+        evaluation = [dict(r) for r in read(data.eval, section, catalog, seed)]
+    else:
+        if section.eval_size >= len(train):
+            raise DataError(
+                f"{section.source}: {len(train)} rows cannot spare data.eval_size = {section.eval_size} for evaluation; "
+                "lower data.eval_size or give data.eval_source"
+            )
+        random.Random(seed).shuffle(train)
+        evaluation, train = train[: section.eval_size], train[section.eval_size :]
+    if section.max_train is not None:
+        train = train[: section.max_train]
+    return train, evaluation
+
+
+def chat_prompt(tokenizer: Any, instruction: str, input: str = "") -> str:
+    """One user turn (instruction, then input) through the tokenizer's chat template, ready for the answer."""
+    content = f"{instruction}\n\n{input}" if input else instruction
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+
+
+def render_prompt(row: dict[str, Any], template: str, template_no_input: str, tokenizer: Any = None, chat: bool = False) -> str:
+    """The prompt text of a normalised row: its conversation through the chat template, the chat
+    template around instruction and input (``chat``), a prompt template, or nothing (plain text)."""
+    if row.get("context"):
+        return tokenizer.apply_chat_template(row["context"], tokenize=False, add_generation_prompt=True)
+    if not row.get("instruction") and not row.get("input"):
+        return ""
+    if chat:
+        return chat_prompt(tokenizer, row["instruction"], row.get("input", ""))
+    if row.get("input"):
+        return template.format(instruction=row["instruction"], input=row["input"])
+    return template_no_input.format(instruction=row["instruction"])
+
+
+def templates(part: Part, section: DataSection) -> tuple[str, str]:
+    """The prompt templates of a part's rows: ``data.template``, else the source's, the format's, or plain."""
+    default = part.source.template or (part.format.template if part.format else None) or (PLAIN_TEMPLATE, PLAIN_TEMPLATE_NO_INPUT)
+    return section.template or default[0], section.template_no_input or default[1]
+
+
+def render(rows: Rows, section: DataSection, tokenizer: Any, prompt_templates: tuple[str, str]) -> Rows:
+    """Add ``prompt`` and ``completion`` (the text the trainer sees) to normalised rows, in place."""
+    template, template_no_input = prompt_templates
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if (section.chat or any(r.get("context") for r in rows)) and not has_template:
+        raise DataError(
+            "the data needs the tokenizer's chat template (data.chat = true or chat messages), and this tokenizer has none; "
+            "set model.tokenizer to one that has it, or use prompt templates (data.template)"
+        )
+    for row in rows:
+        row["prompt"] = render_prompt(row, template, template_no_input, tokenizer, section.chat)
+        row["completion"] = row["output"]
+    return rows
+
+
+def to_dataset(rows: Rows) -> Any:
+    """A ``datasets.Dataset`` of rows; fields some rows lack get an empty value (text "", list [], label None)."""
+    import datasets
+
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    empty = {"context": [], "label": None}
+    table = [{k: row.get(k, empty.get(k, "")) for k in keys} for row in rows]
+    return datasets.Dataset.from_list(table)
+
+
+
+def core_catalog() -> Catalog:
+    """The core's formats and sources alone (what every recipe has)."""
+    from ptrain._formats import CORE_FORMATS
+    from ptrain._sources import CORE_SOURCES
+
+    catalog = Catalog()
+    catalog.add_formats("core", CORE_FORMATS)
+    catalog.add_sources("core", CORE_SOURCES)
+    return catalog
+
+
+def rendered_rows(section: DataSection, seed: int, tokenizer: Any = None, catalog: Catalog | None = None) -> tuple[Rows, Rows]:
+    """The whole data path on one ``[data]`` section: plan, read, split and render (train, eval)."""
+    catalog = catalog or core_catalog()
+    data = plan(section, catalog, seed)
+    train, evaluation = load_rows(data, section, catalog, seed)
+    render(train, section, tokenizer, templates(data.train, section))
+    render(evaluation, section, tokenizer, templates(data.eval or data.train, section))
+    return train, evaluation

@@ -1,0 +1,146 @@
+"""The value types of the plugin contract: what hooks return and what the core hands them.
+
+Plain data, no behaviour beyond small helpers, and no import of the core's machinery, so that
+every other module (and every plugin) can depend on this one. Re-exported by ``ptrain``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+
+class LoadedModel(NamedTuple):
+    """Result of ``load_model``: the model to train and its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+
+
+class DataSplits(NamedTuple):
+    """Result of ``prepare_data``: training and evaluation ``datasets.Dataset`` objects."""
+
+    train: Any
+    eval: Any
+
+
+ROW_FIELDS = ("instruction", "input", "output", "context", "chosen", "rejected", "label", "task")
+"""The fields of a normalised row, as a data format's ``normalize`` returns them:
+
+* ``instruction`` (text): what is asked; ``input`` (text): what it is asked about, may be empty;
+* ``output`` (text): the answer to learn, the reference for evaluation and rewards;
+* ``context`` (list of ``{"role", "content"}``): a conversation before the answer, rendered with
+  the tokenizer's chat template instead of a prompt template;
+* ``chosen`` / ``rejected`` (text): a preference pair; ``label`` (bool): a single answer judged
+  good or bad (unpaired preference data);
+* ``task`` (text): a name used to pick the evaluation metric and to group results.
+
+A format may add other text fields (e.g. a test suite a reward function reads); they are kept.
+"""
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """A data layout ptrain can read, registered through the ``data_formats`` hook.
+
+    ``normalize(row, where)`` turns one source row (a dict, already renamed by ``data.columns``)
+    into the normalised fields of :data:`ROW_FIELDS`; ``where`` names the row
+    (``"data.jsonl: line 7"``) and must start every :class:`ptrain.DataError` it raises.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    """Source columns every row must have: named in errors, and used by ``data.format = "auto"``
+    (the format whose columns the first row has wins; more columns win ties)."""
+    normalize: Callable[[dict[str, Any], str], dict[str, Any]]
+    fields: frozenset[str] = frozenset({"instruction", "output"})
+    """Normalised fields every row of this format fills (non-empty): methods check what they need
+    against it at ``ptrain validate`` (``"chosen"`` for preference methods, ``"instruction"`` for prompts)."""
+    description: str = ""
+    template: tuple[str, str] | None = None
+    """Default prompt templates (with ``{input}``, without) for its rows; None: ``{instruction}\\n{input}``."""
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What a :class:`DataSource` is asked to read."""
+
+    location: str
+    """The recipe's ``data.source`` (or ``data.eval_source``) value."""
+    key: str
+    """The recipe key it came from, for error messages."""
+    role: Literal["train", "eval"]
+    split: str
+    seed: int
+    options: Any
+    """The whole validated ``[data]`` section (generator options, sizes)."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where rows come from, registered through the ``data_sources`` hook.
+
+    ``read(request)`` returns ``[(where, row)]``: each raw row (a dict) with a short text naming
+    it for errors (``"chats.jsonl: line 7"``). The first source whose ``matches(location)`` is true
+    reads a ``data.source`` value; methods' sources are asked before the core's.
+    """
+
+    name: str
+    matches: Callable[[str], bool]
+    read: Callable[[DataRequest], list[tuple[str, dict[str, Any]]]]
+    local: bool = False
+    """Cheap to read here: ``ptrain validate`` reads and checks every row before anything heavy."""
+    format: str | None = None
+    """The format every row of this source has; None: ``data.format`` or detection decides."""
+    serves_eval: bool = False
+    """``read`` answers ``role="eval"`` with rows of its own; otherwise ``data.eval_size`` rows are held out."""
+    description: str = ""
+    template: tuple[str, str] | None = None
+    """Prompt templates its rows are meant for (before the format's); ``data.template`` overrides both."""
+
+
+@dataclass(frozen=True)
+class RewardFunction:
+    """A named reward for online RL methods, registered through the ``reward_functions`` hook.
+
+    ``function(prompts, completions, **columns)`` follows TRL's reward-function signature: lists of
+    prompts and completions (text), one keyword per dataset column (``output`` is the reference
+    answer, ``task`` the task name, ...), and returns one float (or None to abstain) per completion.
+    """
+
+    name: str
+    function: Callable[..., Sequence[float | None]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """A row a method wants in the end-of-run table and in ``ptrain compare``, from the ``report_rows`` hook.
+
+    ``key`` is a dotted path into ``metrics.json`` (``"final.templates_heldout_mean"``,
+    ``"distill.speedup"``). With ``base=True`` and a key under ``final.``, the cell shows
+    ``base → final``. ``chart``: ``"quality"`` adds a bar to the quality panel of ``compare.png``
+    (values in [0, 1]); ``"panel"`` gives the row a panel of its own.
+    """
+
+    label: str
+    key: str
+    base: bool = False
+    chart: Literal["quality", "panel"] | None = None
+    format: Literal["number", "count"] = "number"
+    """``count``: large integers shortened (``135M``)."""
+    digits: int = 4
+
+
+@dataclass
+class TrainingSetup:
+    """What a method contributes to a trainer another method builds (the ``training_setup`` hook).
+
+    ``arguments`` are ``TrainingArguments`` fields (``{"neftune_noise_alpha": 5.0}``) that
+    :func:`ptrain.training_arguments` applies for the owner; ``callbacks`` are
+    ``transformers.TrainerCallback`` objects the core adds to the trainer once it is built.
+    """
+
+    arguments: dict[str, Any] = field(default_factory=dict)
+    callbacks: list[Any] = field(default_factory=list)

@@ -1,0 +1,247 @@
+"""Knowledge distillation: a frozen teacher trains the recipe's model (the student).
+
+Which loss is possible depends on the pair of tokenizers, so the mode is chosen from them:
+
+* ``logit`` (same vocabulary): ``α·T²·D(teacher‖student at T) + (1−α)·CE`` on completion tokens,
+  with D forward KL, reverse KL or generalized JSD;
+* ``sequence`` (any pair; the default when vocabularies differ): the teacher answers the training
+  prompts, the student learns the teacher's text with plain cross-entropy;
+* ``uld`` (any pair): Universal Logit Distillation, an L1 distance between the two models'
+  *sorted* next-token distributions on aligned completion positions, plus CE.
+
+Labels are often scarce: ``labeled = N`` keeps the labels of the first N training rows and turns
+the rest into prompts only the teacher answers (its answers are cached in the run directory, so
+``--resume`` only generates what is missing). ``baseline = true`` also trains the same student
+with plain SFT on the labeled rows alone, for the same steps, so the benefit is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ptrain import (
+    DataSplits,
+    LoadedModel,
+    Recipe,
+    RecipeError,
+    ReportRow,
+    Run,
+    UsageError,
+    check_model_name,
+    hookimpl,
+    model_location,
+    to_dataset,
+    training_arguments,
+)
+
+from .report import measure, parameters, ratio, record, weights_size_mb
+from .teacher import CACHE, load_teacher, same_vocabulary, teacher_answers
+from .trainer import distill_trainer_class, train_baseline
+
+STATE = "distill"
+__all__ = ["CACHE", "STATE", "DistillSection", "load_teacher", "same_vocabulary", "teacher_answers"]
+
+
+@dataclass
+class DistillSection:
+    """``[distill]``: the teacher and how it teaches (optimisation settings live in ``[train]``)."""
+
+    teacher: str
+    """A hub ID, a local model directory, a previous ptrain run directory (its ``model/``) or ``builtin:NAME``."""
+    teacher_load_in: Literal["none", "8bit", "4bit"] = "none"
+    """Load the teacher quantized with bitsandbytes to save memory (it is only run forward)."""
+    mode: Literal["auto", "logit", "sequence", "uld"] = "auto"
+    """``auto``: ``logit`` when the tokenizers share one vocabulary, else ``sequence``."""
+    temperature: float = 2.0
+    alpha: float = 0.5
+    """Weight of the distillation term; ``1 − alpha`` weighs cross-entropy on the completion."""
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = 0.5
+    """Mixture weight of the teacher in generalized JSD (``divergence = "jsd"``)."""
+    labeled: int = -1
+    """Training rows that keep their labels (the first N); the others become teacher-answered prompts. -1: all."""
+    teacher_answers: Literal["unlabeled", "all"] = "unlabeled"
+    """``all`` also replaces the labels of labeled rows by the teacher's answers (classic sequence-level KD)."""
+    max_new_tokens: int | None = None
+    """Length of teacher answers; default ``eval.max_new_tokens``."""
+    baseline: bool = False
+    """Also train the same student with plain SFT on the labeled rows alone, same steps, and report both."""
+
+    def validate(self) -> None:
+        if not self.teacher.strip():
+            raise RecipeError("must name a teacher model (hub ID, directory, run directory or builtin:NAME)", key="teacher")
+        check_model_name(self.teacher, "teacher")
+        if self.temperature <= 0:
+            raise RecipeError("must be > 0", key="temperature")
+        if not 0 <= self.alpha <= 1:
+            raise RecipeError("must be in [0, 1]", key="alpha")
+        if not 0 < self.beta < 1:
+            raise RecipeError("must be in (0, 1); use divergence = 'forward_kl' or 'reverse_kl' for the end points", key="beta")
+        if self.labeled < -1:
+            raise RecipeError("must be a number of rows >= 0, or -1 for all", key="labeled")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise RecipeError("must be >= 1", key="max_new_tokens")
+
+
+@hookimpl
+def recipe_sections() -> dict[str, type]:
+    return {"distill": DistillSection}
+
+
+@hookimpl
+def validate_recipe(recipe: Recipe) -> None:
+    fields = recipe.data_fields
+    if fields is not None and "instruction" not in fields:
+        raise RecipeError(
+            f"distill teaches on prompts, and format {recipe.data_format!r} has none; use prompt/completion, alpaca, "
+            "messages or builtin:tasks data",
+            key="data.format",
+        )
+
+
+@hookimpl
+def report_rows() -> list[ReportRow]:
+    return [
+        ReportRow("distillation mode", "distill.mode"),
+        ReportRow("student / teacher task metric", "distill.quality_ratio"),
+        ReportRow("student / teacher tokens/s", "distill.speedup"),
+        ReportRow("baseline / teacher task metric", "distill.baseline_quality_ratio"),
+    ]
+
+
+@hookimpl(wrapper=True)
+def load_model(run: Run) -> Any:
+    loaded = yield
+    section: DistillSection = run.section("distill")
+    teacher, teacher_tokenizer = load_teacher(run)
+    same = same_vocabulary(teacher_tokenizer, loaded.tokenizer)
+    mode = section.mode
+    if mode == "auto":
+        mode = "logit" if same else "sequence"
+        if not same:
+            run.log.info(
+                "distill: teacher and student tokenizers have different vocabularies (%d vs %d tokens): "
+                "cross-tokenizer distillation, mode 'sequence' (the student learns the teacher's answers)",
+                len(teacher_tokenizer), len(loaded.tokenizer),
+            )
+    elif mode == "logit" and not same:
+        raise RecipeError(
+            "mode 'logit' needs teacher and student with one vocabulary, and these tokenizers differ; "
+            "use mode = 'sequence' or 'uld' (or 'auto')",
+            key="distill.mode",
+        )
+    run.log.info("distill: teacher %s (%s parameters), mode %s", section.teacher, f"{parameters(teacher):,}", mode)
+    run.state[STATE] = {"teacher": teacher, "teacher_tokenizer": teacher_tokenizer, "mode": mode, "same_vocabulary": same}
+    return LoadedModel(loaded.model, loaded.tokenizer)
+
+
+@hookimpl(wrapper=True)
+def prepare_data(run: Run) -> Any:
+    splits = yield
+    section: DistillSection = run.section("distill")
+    state = run.state[STATE]
+    rows = list(splits.train)
+    n_labeled = len(rows) if section.labeled == -1 else min(section.labeled, len(rows))
+    labeled, unlabeled = rows[:n_labeled], rows[n_labeled:]
+    to_answer = rows if section.teacher_answers == "all" else unlabeled
+    if not to_answer and state["mode"] == "sequence":
+        run.log.warning(
+            "distill: every training row keeps its label, so sequence-level KD is plain SFT; "
+            "set distill.labeled = N or distill.teacher_answers = 'all'"
+        )
+    prompts = [r["prompt"] for r in to_answer]
+    answers = teacher_answers(run, state["teacher"], state["teacher_tokenizer"], prompts) if to_answer else {}
+    answered = {id(r) for r in to_answer}
+    train, empty = [], 0
+    for row in rows:
+        if id(row) in answered:
+            text = answers[row["prompt"]]
+            if not text.strip():
+                empty += 1
+                continue
+            row = {**row, "completion": text, "output": text}
+        train.append(row)
+    if empty:
+        run.log.info("distill: %d teacher answers were empty and are left out", empty)
+    state.update(labeled_rows=labeled, labeled_count=len(labeled), teacher_answered=len(to_answer) - empty)
+    run.log.info(
+        "distill: %d labeled rows, %d prompts answered by the teacher, %d training rows",
+        len(labeled), len(to_answer) - empty, len(train),
+    )
+    return DataSplits(to_dataset(train), splits.eval)
+
+
+@hookimpl
+def build_trainer(run: Run) -> Any:
+    from trl import SFTConfig
+
+    section: DistillSection = run.section("distill")
+    state = run.state[STATE]
+    teacher = state["teacher"]
+    device = next(run.model.parameters()).device
+    quantized = getattr(teacher, "is_loaded_in_4bit", False) or getattr(teacher, "is_loaded_in_8bit", False)
+    if next(teacher.parameters()).device != device and not quantized:
+        teacher.to(device)
+    if section.baseline:
+        if not state["labeled_rows"]:
+            raise UsageError("distill.baseline = true needs labeled rows to train on; set distill.labeled > 0")
+        # trained (and measured) here, before the student: from the same starting weights
+        model = train_baseline(run, state["labeled_rows"])
+        state["baseline"] = measure(run, model, run.tokenizer)
+        del model
+    args = training_arguments(
+        run, SFTConfig, completion_only_loss=True, max_length=run.recipe.train.max_length, dataset_num_proc=None
+    )
+    columns = ["prompt", "completion"]
+    evaluation = run.eval_dataset.select_columns(columns) if run.recipe.train.eval_steps else None
+    return distill_trainer_class()(
+        model=run.model,
+        args=args,
+        train_dataset=run.train_dataset.select_columns(columns),
+        eval_dataset=evaluation,
+        processing_class=run.tokenizer,
+        teacher=teacher,
+        teacher_tokenizer=state["teacher_tokenizer"],
+        mode=state["mode"],
+        section=section,
+    )
+
+
+@hookimpl(wrapper=True)
+def evaluate(run: Run, stage: str) -> Any:
+    results = yield
+    if stage != "final" or not run.eval_dataset or not len(run.eval_dataset):
+        return results
+    section: DistillSection = run.section("distill")
+    state = run.state[STATE]
+    teacher = measure(run, state["teacher"], state["teacher_tokenizer"])
+    teacher["size_on_disk_mb"] = weights_size_mb(model_location(section.teacher, run.recipe.seed))
+    student = measure(run, run.model, run.tokenizer)  # measured right after the teacher: speeds compare fairly
+    report: dict[str, Any] = {
+        "mode": state["mode"],
+        "same_vocabulary": state["same_vocabulary"],
+        "teacher_name": section.teacher,
+        "labeled_rows": state["labeled_count"],
+        "teacher_answered_rows": state["teacher_answered"],
+        "teacher": teacher,
+        "student": student,
+        "quality_ratio": ratio(student["task_metric"], teacher["task_metric"]),
+        "speedup": ratio(student["generation_tokens_per_s"], teacher["generation_tokens_per_s"]),
+    }
+    record(run, "teacher", section.teacher, teacher)
+    if "baseline" in state:
+        report["baseline"] = state["baseline"]
+        report["baseline_quality_ratio"] = ratio(report["baseline"]["task_metric"], teacher["task_metric"])
+        record(run, "no-teacher baseline", f"{run.recipe.model.name}, SFT on the labeled rows", report["baseline"])
+    run.metrics[STATE] = report
+    return results
+
+
+@hookimpl(wrapper=True)
+def export(run: Run) -> Any:
+    written = yield
+    report = run.metrics.get(STATE)
+    if report:
+        report["student"]["size_on_disk_mb"] = weights_size_mb(run.artifacts.get("model"))
+    return written

@@ -1,0 +1,88 @@
+"""The distillation losses: pure functions of logits (and the tokenization of a completion for ULD)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def kd_divergence(student_logits: Any, teacher_logits: Any, temperature: float, divergence: str = "forward_kl", beta: float = 0.5) -> Any:
+    """Per-position divergence between teacher and student distributions at ``temperature``.
+
+    Both inputs are ``[N, V]`` logits over one vocabulary; softmax runs in fp32. ``forward_kl`` is
+    KL(teacher‖student), ``reverse_kl`` KL(student‖teacher), ``jsd`` the generalized JSD
+    ``β·KL(t‖m) + (1−β)·KL(s‖m)`` with ``m = β·t + (1−β)·s``. Returns ``[N]``.
+    """
+    import math
+
+    import torch
+
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if divergence == "forward_kl":
+        return (t.exp() * (t - s)).sum(-1)
+    if divergence == "reverse_kl":
+        return (s.exp() * (s - t)).sum(-1)
+    if divergence == "jsd":
+        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
+        return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
+    raise ValueError(f"unknown divergence {divergence!r}")
+
+
+def logit_kd_loss(
+    student_logits: Any,
+    teacher_logits: Any,
+    labels: Any,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+) -> tuple[Any, Any, Any]:
+    """``α·T²·D + (1−α)·CE`` averaged over completion tokens; returns ``(loss, kd, ce)``.
+
+    The two parts come back detached, for logging. ``student_logits`` ``[B, L, Vs]`` and ``teacher_logits`` ``[B, L, Vt]`` come from the same
+    input ids; ``labels`` ``[B, L]`` hold ``-100`` on prompt and padding (the mask comes from the
+    labels, never from the pad id). Position ``i`` predicts token ``i + 1``. When the vocabulary
+    sizes differ (padded embeddings within one family) the divergence uses the shared first
+    ``min(Vs, Vt)`` entries; CE uses the student's full vocabulary.
+    """
+    import torch
+
+    targets = labels[:, 1:]
+    mask = targets != -100
+    student = student_logits[:, :-1][mask]
+    teacher = teacher_logits[:, :-1][mask]
+    if student.shape[0] == 0:
+        zero = student_logits.sum() * 0.0
+        return zero, zero.detach(), zero.detach()
+    ce = torch.nn.functional.cross_entropy(student.float(), targets[mask])
+    shared = min(student.shape[-1], teacher.shape[-1])
+    kd = kd_divergence(student[:, :shared], teacher[:, :shared], temperature, divergence, beta).mean()
+    return alpha * temperature**2 * kd + (1 - alpha) * ce, kd.detach(), ce.detach()
+
+
+def uld_loss(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
+    """Universal Logit Distillation (Boizard et al., 2024) for tokenizers with different vocabularies.
+
+    ``student_logits`` ``[Ns, Vs]`` and ``teacher_logits`` ``[Nt, Vt]`` are the logits at the
+    completion positions of one example in each tokenization; the first ``min(Ns, Nt)`` positions are
+    aligned. Each distribution is sorted (so no token mapping is needed), the shorter vocabulary is
+    padded with zeros, and the loss is the L1 distance per position (the 1-D Wasserstein distance
+    between sorted distributions), summed over the vocabulary. Returns ``[min(Ns, Nt)]``.
+    """
+    import torch
+
+    n = min(student_logits.shape[0], teacher_logits.shape[0])
+    s = torch.softmax(student_logits[:n].float() / temperature, dim=-1).sort(dim=-1, descending=True).values
+    t = torch.softmax(teacher_logits[:n].float() / temperature, dim=-1).sort(dim=-1, descending=True).values
+    width = max(s.shape[-1], t.shape[-1])
+    s = torch.nn.functional.pad(s, (0, width - s.shape[-1]))
+    t = torch.nn.functional.pad(t, (0, width - t.shape[-1]))
+    return (s - t).abs().sum(-1)
+
+
+def completion_ids(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
+    """``(ids of prompt + completion + EOS, index of the first completion token)`` in ``tokenizer``."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full = tokenizer(prompt + completion)["input_ids"] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full, strict=False)) if a != b), min(len(prompt_ids), len(full)))
+    return full, max(start, 1)
