@@ -23,9 +23,35 @@ err_console = Console(stderr=True, highlight=False)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+MAX_MESSAGE = 600
+"""Characters of a one-line message: echoed input (a 100 000-character key) never floods the terminal."""
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """One line, at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 20] + f"… ({len(line) - limit + 20} more characters)"
+
+
 def fail_usage(err: UsageError) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(clip(str(err)))}", soft_wrap=True)
     sys.exit(EXIT_USAGE)
+
+
+def describe_failure(err: BaseException) -> str:
+    """A runtime failure in one line that says what to do when the cause is the machine (disk, permissions)."""
+    import errno
+
+    text = f"{type(err).__name__}: {err}"
+    number = getattr(err, "errno", None)
+    if number == errno.ENOSPC or "No space left on device" in str(err) or "inline_container" in str(err):
+        where = getattr(err, "filename", None)
+        return (f"no space left on device{f' while writing {where}' if where else ''}; free space or set output.dir "
+                f"(--output-dir) on another disk ({clip(text, 160)})")
+    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        where = getattr(err, "filename", None) or "the run directory"
+        return f"cannot write {where}: {err.strerror or err}; make it writable or set --output-dir elsewhere"
+    return clip(text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,17 +143,17 @@ def _load_pipeline(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> list
 
 
 def _finished(recipe: Any, output_dir: str | None) -> bool:
-    """Whether the run directory holds a finished run (metrics with a final stage) of this same recipe."""
+    """Whether the run directory holds a finished run of this same recipe."""
     from ptrain._lifecycle import run_path
     from ptrain._redact import redact_toml
+    from ptrain._rundir import is_finished
 
     folder = run_path(recipe, output_dir)
     try:
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         before = (folder / "recipe.resolved.toml").read_text(encoding="utf-8")
     except (OSError, ValueError):
         return False
-    return isinstance(metrics, dict) and "artifacts" in metrics and before == redact_toml(recipe.to_toml())
+    return is_finished(folder) and before == redact_toml(recipe.to_toml())
 
 
 def _run_one(
@@ -155,8 +181,12 @@ def _run_one(
     logger = logging.getLogger("ptrain")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    # on an AVX512-BF16 CPU, importing bitsandbytes warns that an optional kernel package ("kernels")
+    # is missing; ptrain keeps trained 4-bit models off that path anyway (ptrain._bnb): noise
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     console.print(f"[bold]ptrain run[/] {escape(loaded.name)}: methods {escape(', '.join(loaded.methods))} on {escape(loaded.model.name)}")
-    from ptrain._lifecycle import execute
+    from ptrain._lifecycle import execute, run_path
+    from ptrain._rundir import AlreadyFinished
 
     result = None
     try:
@@ -170,9 +200,12 @@ def _run_one(
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         sys.exit(130)
+    except AlreadyFinished as err:
+        console.print(f"nothing to resume: {escape(str(err))}")
+        return str(run_path(loaded, output_dir))
     except Exception as err:  # a runtime failure: one line here, the traceback in the log
-        where = output_dir or loaded.output.dir or f"runs/{loaded.name}"
-        err_console.print(f"[bold red]run failed:[/] {type(err).__name__}: {escape(str(err))}\nfull log: {escape(str(where))}/run.log", soft_wrap=True)
+        where = getattr(err, "ptrain_run_log", None) or f"{run_path(loaded, output_dir)}/run.log"
+        err_console.print(f"[bold red]run failed:[/] {escape(describe_failure(err))}\nfull log: {escape(str(where))}", soft_wrap=True)
         sys.exit(EXIT_FAILURE)
     finally:
         logger.removeHandler(handler)

@@ -97,6 +97,15 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
         max_length=run.recipe.train.max_length,
     )
     sample = rows[: section.max_samples]
+    metrics: dict[str, Any] = {
+        "eval_loss": round(loss, 6),
+        "perplexity": round(perplexity(loss), 4),
+        "eval_rows": len(rows),
+        # parameters and buffers as loaded: the inference memory floor
+        "memory_footprint_mb": round(footprint_bytes(run.model) / 2**20, 1),
+    }
+    if not sample:  # eval.max_samples = 0: no generation metrics
+        return metrics
     generations = generate(run.model, run.tokenizer, [r["prompt"] for r in sample], section.max_new_tokens, section.batch_size)
     scores = task_scores(sample, generations.texts, section.metric)
     per_task: dict[str, list[float]] = defaultdict(list)
@@ -121,17 +130,12 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
                 for i, (row, text, score) in enumerate(zip(sample, generations.texts, scores, strict=True))
             ],
         )
-    metrics: dict[str, Any] = {
-        "eval_loss": round(loss, 6),
-        "perplexity": round(perplexity(loss), 4),
+    metrics.update({
         "task_metric": round(sum(scores) / len(scores), 4),
         "task_metric_name": sorted({metric_for(r, section.metric) for r in sample}),
-        "eval_rows": len(rows),
         "generated_rows": len(sample),
         "generation_tokens_per_s": round(generations.tokens_per_second, 1),
-        # parameters and buffers as loaded: the inference memory floor
-        "memory_footprint_mb": round(footprint_bytes(run.model) / 2**20, 1),
-    }
+    })
     json_rows = [(row, text) for row, text in zip(sample, generations.texts, strict=True) if metric_for(row, section.metric) == "json_match"]
     if json_rows:  # how often the output parses at all, next to how often it is exactly right
         metrics["valid_json_rate"] = round(sum(valid_json(text) for _, text in json_rows) / len(json_rows), 4)

@@ -111,7 +111,7 @@ def plan(section: DataSection, catalog: Catalog, seed: int, read_local: bool = T
     evaluation = None
     if section.eval_source:
         evaluation = _part(section.eval_source, "data.eval_source", "eval", section, catalog, seed, read_local)
-    elif train.source.serves_eval:
+    elif train.source.serves_eval and section.eval_size > 0:
         evaluation = _part(section.source, "data.source", "eval", section, catalog, seed, read_local)
     return DataPlan(train, evaluation)
 
@@ -154,6 +154,12 @@ def read(part: Part, section: DataSection, catalog: Catalog, seed: int) -> Rows:
         if absent:
             raise DataError(f"{where}: format {fmt.name!r} needs column(s) {absent}; found {sorted(row)}; map yours with data.columns")
         normalised = fmt.normalize(row, where)
+        size = _text_size(normalised)
+        if size > section.max_row_chars:
+            raise DataError(
+                f"{where}: the row holds {size:,} characters of text, above data.max_row_chars = {section.max_row_chars:,}; "
+                "shorten or remove the row (or raise data.max_row_chars)"
+            )
         for name in fmt.fields:
             if normalised.get(name) in (None, "", []):
                 raise DataError(f"{where}: format {fmt.name!r} gave no {name!r} for this row; fix or remove the row")
@@ -161,6 +167,16 @@ def read(part: Part, section: DataSection, catalog: Catalog, seed: int) -> Rows:
         rows.append(normalised)
     part.rows = rows
     return rows
+
+
+def _text_size(row: dict[str, Any]) -> int:
+    size = 0
+    for value in row.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += sum(len(str(m.get("content", ""))) if isinstance(m, dict) else len(str(m)) for m in value)
+    return size
 
 
 def load_rows(data: DataPlan, section: DataSection, catalog: Catalog, seed: int) -> tuple[Rows, Rows]:

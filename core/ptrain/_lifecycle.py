@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from ptrain._memory import measure_memory, memory_in_use_mb
 from ptrain._recipe import Recipe
 from ptrain._redact import RedactingFilter, redact_argv, redact_toml
 from ptrain._run import Run
+from ptrain._rundir import RunDirectory
 
 log = logging.getLogger("ptrain")
 STAGES = ("base", "final")
@@ -47,27 +47,6 @@ def process_rank() -> int:
 
 def run_path(recipe: Recipe, output_dir: str | None) -> Path:
     return Path(output_dir or recipe.output.dir or Path("runs") / recipe.name).expanduser()
-
-
-def run_directory(recipe: Recipe, output_dir: str | None, overwrite: bool, resume: bool) -> Path:
-    target = run_path(recipe, output_dir)
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"run directory {target} is a file; choose another path with --output-dir or output.dir")
-    if target.exists() and any(target.iterdir()):
-        if resume:
-            return target
-        if overwrite or recipe.output.overwrite:
-            shutil.rmtree(target)
-        else:
-            raise UsageError(
-                f"run directory {target} already exists; pass --overwrite to replace it, --resume to continue it, "
-                "or --output-dir to write elsewhere"
-            )
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot create run directory {target} ({getattr(err, 'strerror', None) or err}); choose another --output-dir") from None
-    return target
 
 
 def environment(seed: int) -> dict[str, Any]:
@@ -157,9 +136,10 @@ def execute(
 ) -> Run:
     """Run every stage of ``recipe`` and return the finished :class:`Run`.
 
-    Local data files are parsed and a resumed run's recipe compared before the run directory is
-    touched. Only the main process (rank 0) writes the run directory; a run directory this call
-    created is removed again when a user error stops the run before training started.
+    A resumed run's recipe is compared before the run directory is touched. Only the main process
+    (rank 0) writes the run directory, under the rules of :class:`ptrain._rundir.RunDirectory`:
+    locked for the run's life, a replaced run kept until the new one has started, nothing left
+    behind by a run that a user error stopped before it started.
     """
     resume = resume or recipe.output.resume
     main = process_rank() == 0
@@ -167,45 +147,28 @@ def execute(
     if resume:
         check_resumable(recipe, target)
     if not main:
-        run_dir, created = target, False
-    else:
-        created = not (resume and target.is_dir() and any(target.iterdir()))
-        existed = target.is_dir()
-        run_dir = run_directory(recipe, output_dir, overwrite, resume)
-    run = Run(recipe=recipe, dir=run_dir, console=console, resume=resume, is_main_process=main)
-    handler = _attach_log_file(run_dir / "run.log") if main else None
-    try:
+        run = Run(recipe=recipe, dir=target, console=console, resume=resume, is_main_process=False)
         _stages(run)
-    except RunInterrupted as err:
-        log.debug("%s", err)  # the CLI shows it
-        raise
-    except UsageError as err:
-        log.debug("%s", err)  # the CLI shows it
-        if created and not run._core.training_started:
-            if handler is not None:
-                _detach_log_file(handler)
-                handler = None
-            _remove_run_directory(run_dir, keep_folder=existed)
-        raise
-    except BaseException:
-        log.exception("run failed")
-        raise
-    finally:
-        if handler is not None:
+        return run
+    folder = RunDirectory(target, overwrite=overwrite or recipe.output.overwrite, resume=resume)
+    with folder:
+        run = Run(recipe=recipe, dir=target, console=console, resume=resume, is_main_process=True)
+        run._core.on_started = folder.started
+        handler = _attach_log_file(target / "run.log")
+        try:
+            _stages(run)
+        except (UsageError, RunInterrupted) as err:
+            log.debug("%s", err)  # the CLI shows it
             _detach_log_file(handler)
+            raise
+        except BaseException as err:
+            # the traceback goes to run.log only; the terminal gets one line from the CLI
+            log.debug("run failed", exc_info=True)
+            _detach_log_file(handler)
+            err.ptrain_run_log = str(target / "run.log")  # type: ignore[attr-defined]
+            raise
+        _detach_log_file(handler)
     return run
-
-
-def _remove_run_directory(run_dir: Path, keep_folder: bool) -> None:
-    """Undo a run directory that holds nothing worth keeping; a folder the user made stays, empty."""
-    if not keep_folder:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    for child in run_dir.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -390,6 +353,8 @@ def _train(run: Run) -> None:
     elif checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     run._core.training_started = True
+    if run._core.on_started is not None:
+        run._core.on_started()  # the run it replaces (--overwrite) can go now
     started = time.perf_counter()
     try:
         with measure_memory(baseline_mb=run._core.memory_baseline_mb) as memory:
@@ -433,16 +398,36 @@ def _train(run: Run) -> None:
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint: the Trainer writes ``trainer_state.json`` last, so one killed
-    while saving has none (or a truncated one) and is passed over."""
+    """The newest complete checkpoint. The Trainer writes ``trainer_state.json`` last, so one killed while
+    saving has none (or a truncated one); a weights file cut short (a full disk, a copy interrupted) is
+    caught by its safetensors header. Incomplete checkpoints are passed over with a warning."""
     if not folder.is_dir():
         return None
     found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     for candidate in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        try:
-            json.loads((candidate / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            log.warning("skipping incomplete checkpoint %s", candidate)
+        problem = _incomplete(candidate)
+        if problem:
+            log.warning("skipping incomplete checkpoint %s (%s)", candidate, problem)
             continue
         return candidate
+    return None
+
+
+def _incomplete(checkpoint: Path) -> str | None:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable trainer_state.json"
+    for weights in checkpoint.glob("*.safetensors"):
+        try:
+            with weights.open("rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(length)) if 0 < length < 100_000_000 else None
+        except (OSError, ValueError):
+            header = None
+        if not isinstance(header, dict):
+            return f"{weights.name} has no readable header"
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)), default=0)
+        if weights.stat().st_size < 8 + length + end:
+            return f"{weights.name} is cut short"
     return None

@@ -304,6 +304,11 @@ def validate_table(
             'no "methods" list; add e.g. methods = ["sft"] (installed: ' + ", ".join(registry.names()) + ")",
             source=source(""),
         )
+    if not methods:
+        raise RecipeError(
+            "is empty: a run needs at least one method (installed: " + ", ".join(registry.names()) + ")",
+            source=source("methods"), key="methods",
+        )
     for i, method in enumerate(methods):
         if not isinstance(method, str):
             raise RecipeError(f"expected a method name string, got {_schema.show(method)}", source=source("methods"), key=f"methods[{i}]")
@@ -331,13 +336,13 @@ def validate_table(
             source=source(key),
             key=key,
         )
-    for name, section_schema in {**CORE_SECTIONS, **{s: owners[s][1] for s in owners}}.items():
-        value = table.get(name, {})
+    for section_name, section_schema in {**CORE_SECTIONS, **{s: owners[s][1] for s in owners}}.items():
+        value = table.get(section_name, {})
         if not isinstance(value, Mapping):
-            raise RecipeError(f"expected a table [{name}], got {_schema.show(value)}", source=source(name), key=name)
-        if name in ("model", "data") and name not in table:
-            raise RecipeError(f"missing section [{name}]; every recipe needs one", source=source(""), key=name)
-        sections[name] = _schema.build(section_schema, value, name, source)
+            raise RecipeError(f"expected a table [{section_name}], got {_schema.show(value)}", source=source(section_name), key=section_name)
+        if section_name in ("model", "data") and section_name not in table:
+            raise RecipeError(f"missing section [{section_name}]; every recipe needs one", source=source(""), key=section_name)
+        sections[section_name] = _schema.build(section_schema, value, section_name, source)
 
     trainers = plugins.trainer_owners()
     if len(trainers) > 1:
@@ -355,22 +360,23 @@ def validate_table(
             source=source("methods"),
             key="methods",
         )
-    _check_name(table.get("name"), source)
+    name = table.get("name") or (path.stem if path else "run")
+    _check_name(name, source, derived=not table.get("name"))
     _check_output(sections["output"], source)
 
     catalog = _data.Catalog()
     try:
-        for name, items in plugins.collect_by_plugin("data_formats").items():
-            catalog.add_formats(name, items)
-        for name, items in plugins.collect_by_plugin("data_sources").items():
-            catalog.add_sources(name, items)
+        for plugin, items in plugins.collect_by_plugin("data_formats").items():
+            catalog.add_formats(plugin, items)
+        for plugin, items in plugins.collect_by_plugin("data_sources").items():
+            catalog.add_sources(plugin, items)
         data_plan = _data.plan(sections["data"], catalog, seed, read_local=check_data)
     except RecipeError as err:
         raise _with_source(err, source) from None
     except DataError as err:
         raise _data_hint(err, sections["data"], catalog, registry) from None
     recipe = Recipe(
-        name=table.get("name") or (path.stem if path else "run"),
+        name=name,
         methods=list(methods),
         seed=seed,
         sections=sections,
@@ -398,14 +404,17 @@ def _data_hint(err: DataError, section: DataSection, catalog: Any, registry: Any
     return DataError(f"{err}; plugin {providers[0]!r} provides format {section.format!r}: add it to methods") if providers else err
 
 
-def _check_name(name: Any, source: Callable[[str], str]) -> None:
-    """The name becomes the default run directory ``runs/<name>``: one plain path component."""
+def _check_name(name: Any, source: Callable[[str], str], derived: bool = False) -> None:
+    """The name becomes the default run directory ``runs/<name>``: one plain path component, whether
+    the recipe sets it or it comes from the file name."""
     if not isinstance(name, str):
         return
-    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable() or len(name) > 200:
+        fix = "; set name = \"...\" in the recipe" if derived else ""
         raise RecipeError(
-            f"{_schema.show(name)} cannot name a run directory; use letters, digits, '-', '_' or '.' (no '/', no '..')",
-            source=source("name"),
+            f"{_schema.show(name)}{' (from the file name)' if derived else ''} cannot name a run directory; use letters, "
+            f"digits, '-', '_' or '.' (no '/', no '..', at most 200 characters){fix}",
+            source=source("name") if not derived else source(""),
             key="name",
         )
 

@@ -60,6 +60,8 @@ def read_run(path: str | Path) -> RunSummary:
     run.setdefault("methods", summary.recipe.get("methods"))
     run.setdefault("model", (summary.recipe.get("model") or {}).get("name"))
     summary.label = str(summary.recipe.get("name") or folder.name)
+    if "artifacts" not in summary.metrics:  # stopped, failed or still running: say so in every column title
+        summary.label += " (unfinished)"
     return summary
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ class CoreState:
     """The core's own bookkeeping during a run; not part of the plugin contract."""
 
     training_started: bool = False
+    on_started: Callable[[], None] | None = None
+    """Called when training starts (the run directory drops the run it replaced)."""
     memory_baseline_mb: float | None = None
     """Memory in use before the model loaded: the zero of every ``above baseline`` figure."""
     generations: dict[str, list[str]] = field(default_factory=dict)

@@ -34,6 +34,26 @@ def check_template(template: str, key: str, required: tuple[str, ...], allowed: 
         )
 
 
+def check_range(section: Any, key: str, low: float, high: float, why: str = "") -> None:
+    """Raise a RecipeError unless ``low <= section.key <= high``."""
+    value = getattr(section, key)
+    if value is None:
+        return
+    if not low <= value <= high:
+        def show(n: float) -> str:
+            return f"{n:,}" if isinstance(n, int) else f"{n:g}"
+
+        raise RecipeError(f"must be in [{show(low)}, {show(high)}], got {show(value)}{'; ' + why if why else ''}", key=key)
+
+
+def check_name(value: str, key: str, known: tuple[str, ...], what: str) -> None:
+    """Raise a RecipeError unless ``value`` is one of ``known`` (skipped when the list could not be read)."""
+    if known and value not in known:
+        close = difflib.get_close_matches(value, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise RecipeError(f"unknown {what} {value!r}{hint} (known: {', '.join(known)})", key=key)
+
+
 @dataclass
 class ModelSection:
     """``[model]``: what to train."""
@@ -87,6 +107,9 @@ class DataSection:
     # builtin:tasks / builtin:preferences generator options
     tasks: list[str] = field(default_factory=lambda: ["arithmetic", "reverse", "uppercase"])
     num_examples: int = 2000
+    max_row_chars: int = 200_000
+    """A row whose text (prompt, answer, conversation) is longer than this is refused by file and line before
+    it is tokenized: one huge row must not cost gigabytes. ``train.max_length`` truncates what is kept."""
 
     def validate(self) -> None:
         from ptrain._tasks import TASKS
@@ -96,10 +119,12 @@ class DataSection:
                 close = difflib.get_close_matches(task, list(TASKS), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise RecipeError(f"unknown task {task!r}{hint} (tasks: {', '.join(TASKS)})", key=f"tasks[{i}]")
-        if self.eval_size < 0:
-            raise RecipeError("must be >= 0", key="eval_size")
-        if self.num_examples < 1:
-            raise RecipeError("must be >= 1", key="num_examples")
+        if not self.tasks:
+            raise RecipeError(f"is empty; name at least one of {', '.join(TASKS)}", key="tasks")
+        check_range(self, "eval_size", 0, 100_000)
+        check_range(self, "num_examples", 1, 10_000_000, "the bundled generator makes at most 10 million rows")
+        check_range(self, "max_train", 1, 10**12, "leave it out to train on every row")
+        check_range(self, "max_row_chars", 100, 10**9)
         if self.template is not None:
             check_template(self.template, "template", ("instruction", "input"), ("instruction", "input"))
         if self.template_no_input is not None:
@@ -134,15 +159,29 @@ class TrainSection:
     optim: str = "adamw_torch"
 
     def validate(self) -> None:
-        for key in ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
-            if getattr(self, key) < 1:
-                raise RecipeError("must be >= 1", key=key)
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise RecipeError("must be a positive number of steps, or -1 to train for `epochs`", key="max_steps")
-        if self.learning_rate <= 0:
-            raise RecipeError("must be > 0", key="learning_rate")
+        from ptrain import _hf_names
+
+        if self.max_steps == 0 or self.max_steps < -1 or self.max_steps > 100_000_000:
+            raise RecipeError("must be a positive number of steps (at most 100 million), or -1 to train for `epochs`", key="max_steps")
+        if self.max_steps == -1:
+            check_range(self, "epochs", 1e-6, 100_000, "with max_steps = -1 the run trains for this many epochs")
+        check_range(self, "batch_size", 1, 65_536)
+        check_range(self, "gradient_accumulation_steps", 1, 65_536)
+        check_range(self, "max_length", 1, 1_048_576)
+        check_range(self, "logging_steps", 1, 100_000_000)
+        check_range(self, "eval_steps", 0, 100_000_000, "0 turns evaluation during training off")
+        check_range(self, "save_steps", 0, 100_000_000, "0 turns checkpoints off")
+        check_range(self, "save_total_limit", 1, 100_000)
+        if not 0 < self.learning_rate <= 10:
+            raise RecipeError(f"must be in (0, 10], got {self.learning_rate:g}; typical values are 1e-5 to 1e-2", key="learning_rate")
         if not 0 <= self.warmup_ratio < 1:
             raise RecipeError("must be in [0, 1)", key="warmup_ratio")
+        check_range(self, "weight_decay", 0, 10)
+        check_range(self, "max_grad_norm", 0, 1e6, "0 turns gradient clipping off")
+        check_name(self.lr_scheduler, "lr_scheduler", _hf_names.schedulers(), "learning-rate scheduler")
+        check_name(self.optim, "optim", _hf_names.optimizers(), "optimizer")
+        for i, logger in enumerate(self.report_to):
+            check_name(logger, f"report_to[{i}]", _hf_names.loggers(), "logger")
 
 
 @dataclass
@@ -158,6 +197,12 @@ class EvalSection:
     """``auto``: each bundled task's own metric (JSON match for AVRO), exact match otherwise."""
     batch_size: int = 16
     show_samples: int = 5
+
+    def validate(self) -> None:
+        check_range(self, "max_samples", 0, 10_000_000, "0 skips the generation metrics")
+        check_range(self, "max_new_tokens", 1, 32_768)
+        check_range(self, "batch_size", 1, 4096)
+        check_range(self, "show_samples", 0, 1000)
 
 
 @dataclass

@@ -60,7 +60,7 @@ def test_plugin_section_is_validated_too(write_recipe):
 
 def test_section_of_method_not_in_methods(write_recipe):
     with pytest.raises(RecipeError, match=r"section \[sft\] belongs to plugin 'sft', which is not in methods"):
-        load_recipe(write_recipe(MINIMAL.replace('["sft"]', "[]") + "[sft]\npacking = true\n"))
+        load_recipe(write_recipe(MINIMAL.replace('["sft"]', '["instruct"]') + "[sft]\npacking = true\n"))
 
 
 def test_unknown_section_suggests(write_recipe):

@@ -171,7 +171,7 @@ def test_compare_table_chart_and_loss_curves(single_and_randomized, tmp_path):
         assert [float(c) for c in lines[label]] == pytest.approx(
             [run.metrics["final"][key] for run in single_and_randomized.values()], abs=1e-3
         )
-    for label in ("parameters total / trainable", "training time (s)", "peak training memory (MiB)", "size on disk (MiB)", "perplexity (completions)"):
+    for label in ("parameters", "trainable parameters", "training time (s)", "peak training memory (MiB)", "size on disk (MiB)", "perplexity (completions)"):
         assert all(lines[label]), label
     assert "held-out templates" in result.output  # the rich table in the terminal
     chart = matplotlib.image.imread(tmp_path / "cmp" / "compare.png")

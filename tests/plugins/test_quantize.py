@@ -120,15 +120,16 @@ def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
     assert {r["quant_method"] for r in reloaded.values()} == {"bitsandbytes"}
     assert reloaded["nf4"]["exact_match"] > 0.1 and reloaded["int8"]["exact_match"] > 0.1
 
-    # ptrain compare gives every variant its own column, with the machine the runs ran on
+    # ptrain compare gives the unquantized reference and every variant a column, with the machine the runs ran on
     from ptrain._report import compare
 
     header, rows, md, _ = compare([str(run.dir)], run.dir / "compare")
     label = header[1]
-    assert header[2:] == [f"{label}: int8", f"{label}: nf4"]
+    assert header[2:] == [f"{label}: unquantized", f"{label}: int8", f"{label}: nf4"]
     table_rows = {row[0]: row[1:] for row in rows}
-    assert all(table_rows["perplexity change vs unquantized (%)"][1:])
-    assert float(table_rows["inference memory (MiB)"][2]) < float(table_rows["inference memory (MiB)"][0])
+    assert all(table_rows["perplexity change vs unquantized (%)"][2:]) and not table_rows["perplexity change vs unquantized (%)"][1]
+    memory = [float(v) for v in table_rows["inference memory (MiB)"][1:]]
+    assert memory[2] < memory[1] < memory[0]
     assert "CPU cores" in md.read_text()
 
 

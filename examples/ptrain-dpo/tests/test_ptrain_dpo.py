@@ -68,7 +68,7 @@ def test_sft_data_is_rejected_by_validate(ptrain_validate):
 
 
 @pytest.mark.slow
-def test_dpo_raises_preference_accuracy(ptrain_run):
+def test_dpo_widens_the_preference_margin(ptrain_run):
     run = ptrain_run(
         dpo_recipe(
             train={"max_steps": 20, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 5},
@@ -78,8 +78,11 @@ def test_dpo_raises_preference_accuracy(ptrain_run):
     )
     base, final = run.metrics["base"], run.metrics["final"]
     assert final["preference_pairs"] == base["preference_pairs"] > 50
-    assert final["preference_accuracy"] > base["preference_accuracy"]
-    assert final["preference_margin"] > base["preference_margin"]
+    # the random-init model already ranks about 0.9 of these pairs right (a rejected answer is a
+    # corrupted chosen one), so accuracy may have no room to rise (seen: 0.9375 -> 0.9375 on an
+    # AVX512-BF16 CPU); the margin always has room, and training must widen it
+    assert final["preference_accuracy"] >= base["preference_accuracy"]
+    assert final["preference_margin"] > base["preference_margin"] + 0.5
     # the implicit reward against the frozen reference: chosen up, rejected down
     assert final["reward_accuracy"] >= 0.75 and final["reward_margin"] > 0
     assert final["reward_chosen"] > final["reward_rejected"]
