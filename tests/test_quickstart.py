@@ -34,8 +34,10 @@ def test_quickstart_tuned_model_beats_the_base_model(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     base, final = metrics["base"], metrics["final"]
     assert base["task_metric_name"] == ["json_match"]
-    assert final["valid_json_rate"] > base["valid_json_rate"], (base, final)
-    assert final["task_metric"] > base["task_metric"] and final["task_metric"] >= 0.5, (base, final)
+    # measured over seeds 42, 0, 1 (bench/seed_margins/README.md, quickstart_test): exact match 0 -> 0.625, 0.75,
+    # 0.875 and valid JSON 0 -> 0.875, 1.0, 1.0 on these 8 rows; the bound leaves the worst seed two rows of room
+    assert final["valid_json_rate"] >= base["valid_json_rate"] + 0.5, (base, final)
+    assert final["task_metric"] > base["task_metric"] and final["task_metric"] >= 0.375, (base, final)
     assert final["eval_loss"] < base["eval_loss"] / 2
     assert "valid_json_rate" in result.output and "sample 1" in result.output and "trained ✓" in result.output
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]

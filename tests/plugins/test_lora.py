@@ -78,7 +78,7 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
         f"model.name={json.dumps(str(base_dir))}",
         "train.max_steps=120",
         "train.learning_rate=1e-2",
-        "data.chat=true",  # measured: base 0.0 -> 0.35 after 120 steps
+        "data.chat=true",
         "eval.max_samples=100",
         "output.plots=false",
     )
@@ -105,7 +105,9 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
     assert run.artifacts == {"adapter": str(adapter_dir), "model": str(run.dir / "model")}
     assert not (run.dir / "model" / "adapter_config.json").exists()
     assert merged.dtype == torch.float32
-    assert run.metrics["final"]["task_metric"] >= run.metrics["base"]["task_metric"] + 0.15
+    # measured over seeds 42, 0, 1 on an AVX512-BF16 CPU (bench/seed_margins/README.md, lora_chat): base 0.0 ->
+    # 0.24, 0.19, 0.15. (Before the tiny model's MLP went 352 -> 384 wide, this CPU gave 0.07 where another gave 0.35.)
+    assert run.metrics["final"]["task_metric"] >= run.metrics["base"]["task_metric"] + 0.08
 
 
 @pytest.mark.slow

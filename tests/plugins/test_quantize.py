@@ -98,7 +98,9 @@ def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
         assert str(run.dir / "quantized" / variant) in metrics["artifacts"]
         assert math.isfinite(row["perplexity_increase_pct"])
         assert row["perplexity_increase_pct"] == pytest.approx(100 * (row["perplexity"] / reference["perplexity"] - 1), abs=0.01)
-        # quantization keeps the trained model's perplexity (measured over prompts and answers alike)
+        # quantization keeps the trained model's perplexity (measured over prompts and answers alike). Over seeds
+        # 42, 0, 1 (bench/seed_margins/README.md, quantize): nf4/unquantized perplexity 0.978-1.006, int8 change
+        # 0.12-0.25 %, nf4 task change -0.02 to +0.013
         assert row["perplexity"] < 1.25 * reference["perplexity"]
         assert row["task_metric"] >= reference["task_metric"] - 0.2
         assert row["disk_mb"] < reference["disk_mb"] and row["generation_tokens_per_s"] > 0

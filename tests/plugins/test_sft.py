@@ -15,6 +15,8 @@ def test_trained_model_beats_base(trained_tiny_llama):
     metrics = json.loads((trained_tiny_llama.dir / "metrics.json").read_text())
     base, final = metrics["base"], metrics["final"]
     assert base["task_metric"] <= 0.02
+    # measured over seeds 42, 0, 1 (bench/seed_margins/README.md, sft_tiny): exact match 0.50, 0.41, 0.43;
+    # eval loss final/base 0.012-0.022
     assert final["task_metric"] >= 0.25, final
     assert final["eval_loss"] < base["eval_loss"] / 3
     train = metrics["train"]

@@ -140,6 +140,8 @@ def test_dpo_lora_recipe_raises_held_out_preference_accuracy(ptrain_run):
     assert run.metrics["dpo"]["reference"] == "implicit (adapter disabled)" and run.trainer.ref_model is None
     assert 0 < run.metrics["lora"]["trainable_percent"] < 20
     assert final["preference_pairs"] == base["preference_pairs"] == 100  # held out: never trained on
+    # measured over seeds 42, 0, 1 (bench/seed_margins/README.md, dpo_lora): accuracy +0.06, +0.04, +0.09 on these
+    # 100 held-out pairs, margin +1.28, +1.11, +1.13, reward accuracy 0.77-0.80
     assert final["preference_accuracy"] > base["preference_accuracy"], (base, final)
-    assert final["preference_margin"] > base["preference_margin"], (base, final)
+    assert final["preference_margin"] > base["preference_margin"] + 0.5, (base, final)
     assert final["reward_accuracy"] > 0.5 and final["reward_chosen"] > final["reward_rejected"], final
