@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ptrain._errors import RunInterrupted, UsageError
+from ptrain._errors import ProcessLost, RunInterrupted, UsageError
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -92,9 +92,12 @@ def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
     "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
     help="Processes to train with on this machine (data parallel through torchrun; see docs/distributed.md).",
 )
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True, help="Machines taking part (run the same command on each).")
+@click.option("--node-rank", type=click.IntRange(min=0), help="This machine's number among --nnodes, 0 to N-1 (0 writes the run directory).")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Address of node 0, where the machines meet (with --nnodes > 1).")
 def run(
     recipes: tuple[str, ...], overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool,
-    skip_done: bool, compare_dir: str | None, nproc: int,
+    skip_done: bool, compare_dir: str | None, nproc: int, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
 ) -> None:
     """Run RECIPES in order: load, train, evaluate and export as their methods say.
 
@@ -105,6 +108,7 @@ def run(
         fail_usage(UsageError("--output-dir names one run directory; with several recipes set output.dir in each, or leave it out"))
     if nproc > 1 and len(recipes) > 1:
         fail_usage(UsageError("--nproc runs one recipe at a time; run the recipes one by one"))
+    nodes = _nodes(nnodes, node_rank, rdzv_endpoint, len(recipes))
     loaded = _load_pipeline(recipes, overrides)  # every recipe is checked before anything runs
     names = [r.output.dir or f"runs/{r.name}" for r in loaded if r is not None]
     clash = next((n for n in names if names.count(n) > 1), None)
@@ -120,7 +124,7 @@ def run(
             console.print(f"skipped: {escape(str(where))} already holds a finished run of this recipe")
             run_dirs.append(str(where))
             continue
-        run_dirs.append(_run_one(path, recipe, overrides, output_dir, overwrite, resume, nproc))
+        run_dirs.append(_run_one(path, recipe, overrides, output_dir, overwrite, resume, nproc, nodes))
     if compare_dir and run_dirs:
         _print_comparison(tuple(run_dirs), compare_dir)
 
@@ -156,16 +160,38 @@ def _finished(recipe: Any, output_dir: str | None) -> bool:
     return is_finished(folder) and before == redact_toml(recipe.to_toml())
 
 
+def _nodes(nnodes: int, node_rank: int | None, endpoint: str | None, recipes: int) -> tuple[int, int, str] | None:
+    """``(nnodes, node_rank, endpoint)`` for a run across machines, None for one machine; usage errors exit."""
+    if nnodes == 1:
+        if node_rank or endpoint:
+            fail_usage(UsageError("--node-rank and --rdzv-endpoint belong with --nnodes N (N > 1); leave them out on one machine"))
+        return None
+    if recipes > 1:
+        fail_usage(UsageError("--nnodes runs one recipe at a time; run the recipes one by one"))
+    if node_rank is None or not endpoint:
+        fail_usage(UsageError(
+            f"--nnodes {nnodes} needs --node-rank (0 to {nnodes - 1}, this machine's number) and --rdzv-endpoint HOST:PORT "
+            "(node 0's address), the same endpoint on every machine"
+        ))
+    if node_rank >= nnodes:
+        fail_usage(UsageError(f"--node-rank {node_rank} is out of range for --nnodes {nnodes}; use 0 to {nnodes - 1}"))
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        fail_usage(UsageError(f"--rdzv-endpoint {endpoint!r} is not HOST:PORT (e.g. 10.0.0.1:29500)"))
+    return nnodes, node_rank, endpoint
+
+
 def _run_one(
-    path: str, loaded: Any, overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool, nproc: int
+    path: str, loaded: Any, overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool, nproc: int,
+    nodes: tuple[int, int, str] | None = None,
 ) -> str:
     """Run one loaded recipe in this process (or under torchrun); exits on failure, returns the run directory."""
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if (nproc > 1 or nodes) and "LOCAL_RANK" not in os.environ:
         args = ["run", path, *[a for o in overrides for a in ("--set", o)]]
         args += ["--output-dir", output_dir] if output_dir else []
         args += ["--overwrite"] if overwrite else []
         args += ["--resume"] if resume else []
-        code = launch(nproc, args)
+        code = launch(nproc, args, nodes)
         if code:
             sys.exit(code)
         return output_dir or loaded.output.dir or f"runs/{loaded.name}"
@@ -197,6 +223,9 @@ def _run_one(
         if main_process:  # every rank stopped at the same step; one message says so
             err_console.print(f"[bold yellow]interrupted:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(130)
+    except ProcessLost as err:  # each survivor says so: the main process may be the one that died
+        err_console.print(f"[bold red]stopped:[/] {escape(str(err))}", soft_wrap=True)
+        sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         sys.exit(130)
@@ -217,20 +246,27 @@ def _run_one(
     return str(result.dir)
 
 
-def launch_command(nproc: int, args: list[str]) -> list[str]:
-    """The torchrun command that runs ``ptrain ARGS`` in ``nproc`` processes on this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "ptrain", *args]
+def launch_command(nproc: int, args: list[str], nodes: tuple[int, int, str] | None = None) -> list[str]:
+    """The torchrun command that runs ``ptrain ARGS`` in ``nproc`` processes on this machine, alone
+    (``--standalone``) or as node ``node_rank`` of ``nnodes`` meeting at ``endpoint`` (static
+    rendezvous: global ranks follow node numbers, so node 0 holds rank 0)."""
+    where = ["--standalone"]
+    if nodes:
+        nnodes, node_rank, endpoint = nodes
+        where = [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--rdzv_endpoint={endpoint}"]
+    return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", "ptrain", *args]
 
 
-def launch(nproc: int, args: list[str]) -> int:
+def launch(nproc: int, args: list[str], nodes: tuple[int, int, str] | None = None) -> int:
     """Run ``ptrain ARGS`` under torchrun and return its exit code.
 
     Ctrl-C reaches the workers from the terminal; this process only waits for them to save and stop.
     """
     import signal
 
-    command = launch_command(nproc, args)
-    console.print(f"[bold]launching {nproc} processes:[/] {escape(' '.join(command[1:]))}", soft_wrap=True)
+    command = launch_command(nproc, args, nodes)
+    what = f"{nproc} process{'es' if nproc > 1 else ''}" + (f" as node {nodes[1]} of {nodes[0]}" if nodes else "")
+    console.print(f"[bold]launching {what}:[/] {escape(' '.join(command[1:]))}", soft_wrap=True)
     process = subprocess.Popen(command)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ptrain import _artifacts
+from ptrain._errors import RecipeError
 from ptrain._formats import CORE_FORMATS
 from ptrain._sources import CORE_SOURCES
 from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, ReportRow
@@ -28,6 +29,14 @@ def validate_recipe(recipe: Recipe) -> None:
     check_model_name(recipe.model.name, "model.name")
     if recipe.model.tokenizer:
         check_model_name(recipe.model.tokenizer, "model.tokenizer")
+    distributed = recipe.distributed
+    checkpointing = {k.removeprefix("fsdp_"): v for k, v in distributed.fsdp_config.items()}.get("activation_checkpointing")
+    if distributed.backend == "fsdp" and recipe.train.gradient_checkpointing and str(checkpointing).lower() in ("true", "1", "yes"):
+        raise RecipeError(
+            "is on, and so is distributed.fsdp_config.activation_checkpointing: both recompute activations and the "
+            "Trainer refuses the pair; keep FSDP's own (set this to false)",
+            key="train.gradient_checkpointing",
+        )
 
 
 @hookimpl

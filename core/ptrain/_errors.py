@@ -37,3 +37,8 @@ class PluginLoadError(UsageError):
 
 class RunInterrupted(KeyboardInterrupt):
     """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint; the message says how to resume."""
+
+
+class ProcessLost(PtrainError):
+    """Another process of a distributed run died (killed, out of memory, a lost node): this one stops
+    too, with one line on what happened and how to resume. Every surviving process reports it."""

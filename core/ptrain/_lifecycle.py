@@ -17,7 +17,7 @@ from typing import Any
 
 from ptrain import _artifacts
 from ptrain._bnb import keep_off_packed_path
-from ptrain._errors import RunInterrupted, UsageError
+from ptrain._errors import ProcessLost, RunInterrupted, UsageError
 from ptrain._memory import measure_memory, memory_in_use_mb
 from ptrain._recipe import Recipe
 from ptrain._redact import RedactingFilter, redact_argv, redact_toml
@@ -157,7 +157,7 @@ def execute(
         handler = _attach_log_file(target / "run.log")
         try:
             _stages(run)
-        except (UsageError, RunInterrupted) as err:
+        except (UsageError, RunInterrupted, ProcessLost) as err:
             log.debug("%s", err)  # the CLI shows it
             _detach_log_file(handler)
             raise
@@ -261,6 +261,12 @@ def _stages(run: Run) -> None:
 
     if recipe.trainer_owner is not None:
         run._core.setup = [(name, setup) for name, setup in recipe.plugins.call_each("training_setup", run=run) if setup]
+        from ptrain._distributed import fsdp_planned, model_skeleton
+
+        if run.is_main_process and _world_size() > 1 and fsdp_planned(recipe.distributed.backend):
+            # the model's shape (no weights), taken before a trainer patches it: rank 0 pours the
+            # gathered weights into it after sharded training
+            run._core.skeleton = model_skeleton(run.model)
         run.trainer = hook.build_trainer(run=run)
     if run.trainer is not None:
         _apply_setup(run)
@@ -335,7 +341,8 @@ def _evaluate(run: Run, stage: str) -> None:
 
 
 def _train(run: Run) -> None:
-    from ptrain._training import interrupt_callback, progress_callback, world_size
+    from ptrain._distributed import lost_peer, peer_lost_message, use_fsdp_on_cpu
+    from ptrain._training import all_ranks_saved_callback, interrupt_callback, progress_callback, world_size
 
     trainer = run.trainer
     stopper = None
@@ -347,6 +354,8 @@ def _train(run: Run) -> None:
         trainer.add_callback(progress_callback(run.console))
         stopper = interrupt_callback()
         trainer.add_callback(stopper)
+        trainer.add_callback(all_ranks_saved_callback())
+    sharded = world_size() > 1 and use_fsdp_on_cpu(trainer)
     checkpoint = _latest_checkpoint(run.dir / "checkpoints") if run.resume else None
     if run.resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run.dir / "checkpoints")
@@ -356,12 +365,22 @@ def _train(run: Run) -> None:
     if run._core.on_started is not None:
         run._core.on_started()  # the run it replaces (--overwrite) can go now
     started = time.perf_counter()
+    lost: BaseException | None = None
     try:
         with measure_memory(baseline_mb=run._core.memory_baseline_mb) as memory:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except Exception as err:
+        if world_size() <= 1 or not lost_peer(err):
+            raise
+        lost = err
+        if stopper is not None:  # torchrun's SIGTERM to the survivors is ignored while they say why and exit
+            stopper.stopped_by = stopper.stopped_by or "lost process"
     finally:
-        if stopper is not None:
+        if stopper is not None and lost is None:
             stopper.on_train_end(None, None, None)
+    if lost is not None:
+        saved = _latest_checkpoint(run.dir / "checkpoints")
+        raise ProcessLost(peer_lost_message(lost, trainer.state.global_step, world_size(), saved)) from lost
     seconds = time.perf_counter() - started
     state = trainer.state
     if stopper is not None and stopper.stopped_by:
@@ -386,8 +405,16 @@ def _train(run: Run) -> None:
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
         "world_size": world_size(),
+        "sharded": sharded,
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
+    if sharded:
+        from ptrain._distributed import gather_full_model
+
+        whole = gather_full_model(trainer, run._core.skeleton)  # every rank takes part; rank 0 gets the model
+        run._core.skeleton = None
+        if run.is_main_process:
+            run.model = whole
     if not run.is_main_process:
         return
     _artifacts.write_json(run.dir / "log_history.json", state.log_history)
@@ -400,7 +427,11 @@ def _train(run: Run) -> None:
 def _latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint. The Trainer writes ``trainer_state.json`` last, so one killed while
     saving has none (or a truncated one); a weights file cut short (a full disk, a copy interrupted) is
-    caught by its safetensors header. Incomplete checkpoints are passed over with a warning."""
+    caught by its safetensors header. With several processes each saves its own RNG state, unsynchronised
+    with rank 0's ``trainer_state.json``: such a checkpoint is complete once rank 0 marked that every
+    process had saved (:data:`ALL_RANKS_SAVED`). Incomplete checkpoints are passed over with a warning."""
+    from ptrain._training import ALL_RANKS_SAVED
+
     if not folder.is_dir():
         return None
     found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
@@ -408,6 +439,9 @@ def _latest_checkpoint(folder: Path) -> Path | None:
         problem = _incomplete(candidate)
         if problem:
             log.warning("skipping incomplete checkpoint %s (%s)", candidate, problem)
+            continue
+        if any(candidate.glob("rng_state_*.pth")) and not (candidate / ALL_RANKS_SAVED).is_file():
+            log.warning("skipping checkpoint %s: not every process of the run finished saving it", candidate)
             continue
         return candidate
     return None

@@ -152,27 +152,40 @@ def pretrained_checkpoint(name: str) -> Path:
     return target
 
 
-def resolve_dtype(name: str) -> Any:
+def resolve_dtype(name: str, *, cuda: bool | None = None, bf16: bool | None = None) -> Any:
+    """The torch dtype for ``model.dtype``: ``auto`` is bfloat16 on a GPU that has it, float16 on an
+    older GPU, float32 on CPU. ``cuda`` and ``bf16`` describe the GPU (detected when left out)."""
     import torch
 
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if cuda is None or bf16 is None:
+            from ptrain._training import cuda_facts
+
+            cuda, bf16 = cuda_facts()
+        if cuda:
+            return torch.bfloat16 if bf16 else torch.float16
         return torch.float32
     return getattr(torch, name)
 
 
-def resolve_attention(requested: str) -> str | None:
-    """The attention implementation to ask transformers for, with a clear fallback for flash-attn."""
+def resolve_attention(requested: str, *, cuda: bool | None = None, flash_attn: bool | None = None) -> str | None:
+    """The attention implementation to ask transformers for, with a clear fallback for flash-attn.
+
+    ``cuda`` (a GPU is usable) and ``flash_attn`` (the package is installed) are detected when left out.
+    """
     if requested == "auto":
         return None
     if requested == "flash_attention_2":
-        import torch
+        if cuda is None:
+            import torch
 
-        if not torch.cuda.is_available():
+            cuda = torch.cuda.is_available()
+        if flash_attn is None:
+            flash_attn = importlib.util.find_spec("flash_attn") is not None
+        if not cuda:
             log.warning("model.attn_implementation = 'flash_attention_2' needs a CUDA GPU; none found, using 'sdpa'")
             return "sdpa"
-        if importlib.util.find_spec("flash_attn") is None:
+        if not flash_attn:
             log.warning(
                 "model.attn_implementation = 'flash_attention_2' needs the flash-attn package "
                 "(pip install flash-attn); not installed, using 'sdpa'"

@@ -28,6 +28,8 @@ class CoreState:
     scores: dict[str, list[float]] = field(default_factory=dict)
     setup: list[tuple[str, TrainingSetup]] = field(default_factory=list)
     """What each method contributed through ``training_setup``, in recipe order."""
+    skeleton: Any = None
+    """Rank 0's weightless copy of the model before sharded (FSDP) training, filled again after it."""
 
 
 @dataclass

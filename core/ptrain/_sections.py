@@ -224,6 +224,11 @@ FSDP_CONFIG_KEYS = (
     "forward_prefetch", "limit_all_gathers", "use_orig_params", "sync_module_states", "cpu_ram_efficient_loading",
     "activation_checkpointing", "cpu_offload", "state_dict_type", "reshard_after_forward",
 )
+FSDP_CONFIG_VALUES: dict[str, tuple[Any, ...]] = {
+    "version": (1, 2),
+    "auto_wrap_policy": ("TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"),
+    "state_dict_type": ("FULL_STATE_DICT", "SHARDED_STATE_DICT"),
+}
 
 
 @dataclass
@@ -245,6 +250,9 @@ class DistributedSection:
     """Passed through as TrainingArguments ``fsdp_config``; keys as in transformers (``fsdp_`` prefix optional)."""
     deepspeed: str | None = None
     """Path of a DeepSpeed JSON config (ZeRO stage, offload…); required with ``backend = "deepspeed"``."""
+    timeout: int = 1800
+    """Seconds a process waits in a collective for the others before it gives up (TrainingArguments
+    ``ddp_timeout``): the bound on how long a run hangs when a process is stuck rather than gone."""
 
     def validate(self) -> None:
         for i, option in enumerate(self.fsdp):
@@ -252,11 +260,21 @@ class DistributedSection:
                 close = difflib.get_close_matches(option, FSDP_OPTIONS, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise RecipeError(f"unknown FSDP option {option!r}{hint} (options: {', '.join(FSDP_OPTIONS)})", key=f"fsdp[{i}]")
-        for key in self.fsdp_config:
+        config = {}
+        for key, value in self.fsdp_config.items():
             if key.removeprefix("fsdp_") not in FSDP_CONFIG_KEYS:
                 close = difflib.get_close_matches(key.removeprefix("fsdp_"), FSDP_CONFIG_KEYS, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise RecipeError(f"unknown key{hint} (known: {', '.join(FSDP_CONFIG_KEYS)})", key=f"fsdp_config.{key}")
+            config[key.removeprefix("fsdp_")] = (key, value)
+        self._check_fsdp_config(config)
+        from ptrain._distributed import accelerator_visible, fsdp_cpu_problem
+
+        problem = fsdp_cpu_problem(self)
+        if problem and not accelerator_visible():
+            raise RecipeError(problem[1] + " (this machine has no GPU)", key=problem[0])
+        if self.timeout < 1:
+            raise RecipeError("must be a number of seconds >= 1", key="timeout")
         if self.backend == "deepspeed":
             if not self.deepspeed:
                 raise RecipeError('backend = "deepspeed" needs deepspeed = "path/to/ds_config.json"', key="deepspeed")
@@ -270,3 +288,20 @@ class DistributedSection:
                 raise RecipeError(f"DeepSpeed config {self.deepspeed!r} must be a JSON object", key="deepspeed")
         elif self.deepspeed:
             raise RecipeError(f'set only with backend = "deepspeed" (backend is {self.backend!r})', key="deepspeed")
+
+    def _check_fsdp_config(self, config: dict[str, tuple[str, Any]]) -> None:
+        """Values transformers 5 would refuse only once the model is loaded, refused here."""
+        for name, allowed in FSDP_CONFIG_VALUES.items():
+            if name in config and config[name][1] not in allowed:
+                key, value = config[name]
+                raise RecipeError(f"{value!r} is not one of {', '.join(map(repr, allowed))}", key=f"fsdp_config.{key}")
+        version = config.get("version", (None, 2))[1]
+        strategies = [o for o in self.fsdp if o not in ("offload", "auto_wrap")]
+        if len(strategies) > 1:
+            raise RecipeError(f"names {' and '.join(strategies)}: keep one sharding strategy", key="fsdp")
+        if version == 2 and strategies and strategies[0] not in ("full_shard", "shard_grad_op"):
+            raise RecipeError(
+                f"{strategies[0]!r} exists only in FSDP1; FSDP2 (the default) has full_shard and shard_grad_op; "
+                "use one of them, or set fsdp_config.version = 1 (deprecated by transformers)",
+                key="fsdp",
+            )

@@ -12,13 +12,24 @@ if TYPE_CHECKING:
     from ptrain._run import Run
 
 
-def precision_flags(precision: str) -> dict[str, bool]:
-    """``bf16``/``fp16`` flags for TrainingArguments: mixed precision only where the hardware has it."""
+def cuda_facts() -> tuple[bool, bool]:
+    """``(a CUDA GPU is usable, it computes in bfloat16)`` for this process."""
     import torch
 
     cuda = torch.cuda.is_available()
+    return cuda, cuda and torch.cuda.is_bf16_supported()
+
+
+def precision_flags(precision: str, *, cuda: bool | None = None, bf16: bool | None = None) -> dict[str, bool]:
+    """``bf16``/``fp16`` flags for TrainingArguments: mixed precision only where the hardware has it.
+
+    ``cuda`` and ``bf16`` describe the GPU (detected when left out): ``auto`` is bf16 on a GPU that
+    has it (Ampere and later), fp16 on an older one, fp32 on CPU.
+    """
+    if cuda is None or bf16 is None:
+        cuda, bf16 = cuda_facts()
     if precision == "auto":
-        if cuda and torch.cuda.is_bf16_supported():
+        if cuda and bf16:
             return {"bf16": True, "fp16": False}
         return {"bf16": False, "fp16": cuda}
     if precision in ("bf16", "fp16") and not cuda:
@@ -36,6 +47,17 @@ def world_size() -> int:
         return 1
 
 
+def choose_ddp_backend(requested: str, *, cuda: bool) -> str:
+    """The communication backend: ``auto`` is nccl between CUDA GPUs, gloo between CPU processes."""
+    if requested == "auto":
+        return "nccl" if cuda else "gloo"
+    if requested == "nccl" and not cuda:
+        from ptrain._errors import RecipeError
+
+        raise RecipeError("distributed.ddp_backend = 'nccl' needs CUDA GPUs; use 'gloo' (or 'auto') on CPU")
+    return requested
+
+
 def distributed_arguments(run: Run) -> dict[str, Any]:
     """TrainingArguments fields for ``[distributed]``; empty for a single process."""
     import importlib.util
@@ -47,15 +69,17 @@ def distributed_arguments(run: Run) -> dict[str, Any]:
     if world_size() <= 1:
         return {}
     section = run.recipe.distributed
-    ddp_backend = section.ddp_backend
-    if ddp_backend == "auto":
-        ddp_backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if ddp_backend == "nccl" and not torch.cuda.is_available():
-        raise RecipeError("distributed.ddp_backend = 'nccl' needs CUDA GPUs; use 'gloo' (or 'auto') on CPU")
-    kwargs: dict[str, Any] = {"ddp_backend": ddp_backend, "ddp_find_unused_parameters": section.find_unused_parameters}
+    ddp_backend = choose_ddp_backend(section.ddp_backend, cuda=torch.cuda.is_available())
+    kwargs: dict[str, Any] = {
+        "ddp_backend": ddp_backend, "ddp_find_unused_parameters": section.find_unused_parameters, "ddp_timeout": section.timeout,
+    }
     if section.backend == "fsdp":
-        kwargs["fsdp"] = " ".join(section.fsdp)
-        kwargs["fsdp_config"] = dict(section.fsdp_config)
+        from ptrain._distributed import fsdp_arguments, fsdp_cpu_problem
+
+        problem = fsdp_cpu_problem(section)
+        if problem and not torch.cuda.is_available():
+            raise RecipeError(problem[1], key=f"distributed.{problem[0]}")
+        kwargs.update(fsdp_arguments(section))
     elif section.backend == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
             raise RecipeError("distributed.backend = 'deepspeed' needs the deepspeed package (pip install deepspeed)")
@@ -231,6 +255,35 @@ def progress_callback(console: Any, label: str = "training") -> Any:
 
 log = logging.getLogger("ptrain")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ALL_RANKS_SAVED = "ptrain_all_ranks_saved.json"
+"""Written into a checkpoint by rank 0 once every process of a distributed run has saved its part."""
+
+
+def all_ranks_saved_callback() -> Any:
+    """A ``TrainerCallback`` that marks a checkpoint of a distributed run complete.
+
+    Each process saves its RNG state into the checkpoint and rank 0 its ``trainer_state.json``,
+    with nothing in between to wait for the others: a process killed while saving can leave a
+    checkpoint that looks complete and misses its state. After every save, the processes meet
+    (one barrier) and rank 0 writes :data:`ALL_RANKS_SAVED`; resume passes over checkpoints without it.
+    """
+    import json
+
+    from transformers import TrainerCallback
+
+    class AllRanksSaved(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+                return
+            dist.barrier()
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if state.is_world_process_zero and os.path.isdir(folder):
+                with open(os.path.join(folder, ALL_RANKS_SAVED), "w", encoding="utf-8") as handle:
+                    json.dump({"world_size": dist.get_world_size(), "step": state.global_step}, handle)
+
+    return AllRanksSaved()
 
 
 def interrupt_callback() -> Any:

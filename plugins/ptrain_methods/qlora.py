@@ -51,6 +51,13 @@ def validate_recipe(recipe: Recipe) -> None:
             f"listed before 'qlora' (got {methods}); use methods = {fixed}",
             key="methods",
         )
+    if recipe.distributed.backend == "fsdp":
+        raise RecipeError(
+            "qlora is not supported with backend = 'fsdp': ptrain does not load the 4-bit base for sharding (its packed "
+            "weights lose their 4-bit type in the shards) and has not verified it; use backend = 'ddp' (the 4-bit base "
+            "is small enough to keep whole in every process)",
+            key="distributed.backend",
+        )
     import importlib.metadata
 
     try:

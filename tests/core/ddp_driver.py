@@ -3,7 +3,9 @@
 Launched by ``test_distributed.py`` as ``torchrun --nproc_per_node 2 ddp_driver.py RECORD_DIR ptrain-args...``.
 Each rank appends a hash of every training example its data loader fed it to
 ``RECORD_DIR/seen-rank{RANK}.txt`` and, at the end of training, a checksum of its parameters to
-``RECORD_DIR/checksum-rank{RANK}.txt``. The run directory itself stays as ptrain writes it.
+``RECORD_DIR/checksum-rank{RANK}.txt``, how many parameter values it holds (its shard under FSDP) to
+``RECORD_DIR/held-rank{RANK}.txt``, and its process id to ``RECORD_DIR/pid-rank{RANK}.txt`` (for a
+test that kills one rank). The run directory itself stays as ptrain writes it.
 """
 
 import hashlib
@@ -21,8 +23,14 @@ def parameter_checksum(model) -> float:
 
     total = torch.zeros((), dtype=torch.float64)
     for i, (_, p) in enumerate(sorted(model.named_parameters())):
-        total += (p.detach().double() * (i + 1)).sum()
+        whole = p.full_tensor() if hasattr(p, "full_tensor") else p  # an FSDP shard: gathered (every rank calls this)
+        total += (whole.detach().double() * (i + 1)).sum()
     return float(total)
+
+
+def local_numel(model) -> int:
+    """Parameter values this process holds: all of them under DDP, its shard under FSDP."""
+    return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
 
 
 class Recorder:
@@ -37,6 +45,7 @@ class Recorder:
 
         trainer = yield
         rank = os.environ.get("RANK", "0")
+        (self.folder / f"pid-rank{rank}.txt").write_text(str(os.getpid()))
         collate = trainer.data_collator
         seen = self.folder / f"seen-rank{rank}.txt"
 
@@ -51,6 +60,7 @@ class Recorder:
 
         class Checksum(TrainerCallback):
             def on_train_end(self, args, state, control, model=None, **kwargs):
+                (folder / f"held-rank{rank}.txt").write_text(str(local_numel(model)))
                 (folder / f"checksum-rank{rank}.txt").write_text(repr(parameter_checksum(model)))
 
         trainer.add_callback(Checksum())

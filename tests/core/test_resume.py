@@ -85,6 +85,23 @@ def test_latest_checkpoint_passes_over_one_killed_while_saving(tmp_path):
     assert _latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
 
 
+def test_a_distributed_checkpoint_counts_once_every_process_saved(tmp_path):
+    """Each process writes its RNG state, rank 0 its trainer state, nobody waits: rank 1 killed while
+    saving leaves a checkpoint that looks whole. Only one rank 0 marked after the others is used."""
+    from ptrain._training import ALL_RANKS_SAVED
+
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text("{}")
+        (folder / "rng_state_0.pth").write_bytes(b"")
+    (tmp_path / "checkpoint-2" / "rng_state_1.pth").write_bytes(b"")
+    (tmp_path / "checkpoint-2" / ALL_RANKS_SAVED).write_text('{"world_size": 2, "step": 2}')
+    assert _latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    (tmp_path / "checkpoint-4" / ALL_RANKS_SAVED).write_text('{"world_size": 2, "step": 4}')
+    assert _latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+
+
 def _start(recipe: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "ptrain", "run", str(recipe), "--output-dir", str(out), *extra]

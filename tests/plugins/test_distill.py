@@ -106,7 +106,9 @@ def test_teacher_answers_are_cached_and_resumed(tmp_path, caplog):
 
     caplog.set_level("INFO", logger="ptrain")
     recipe = load_recipe(OFFLINE, ["distill.teacher='builtin:tiny-llama'", "distill.max_new_tokens=3"])
-    run = SimpleNamespace(recipe=recipe, section=lambda name: recipe.sections[name], dir=tmp_path, log=logging.getLogger("ptrain"))
+    run = SimpleNamespace(
+        recipe=recipe, section=lambda name: recipe.sections[name], dir=tmp_path, log=logging.getLogger("ptrain"), is_main_process=True
+    )
     teacher, tokenizer = load_teacher(run)
     prompts = [f"### Instruction:\nReverse the letters of the text.\n\n### Input:\nword{i}\n\n### Response:\n" for i in range(12)]
     first = teacher_answers(run, teacher, tokenizer, prompts)

@@ -98,3 +98,12 @@ def test_uld_sorts_and_pads_vocabularies():
     assert got[0].item() == pytest.approx(0.0, abs=1e-6)
     # position 1: uniform over 3 vs uniform over 4 -> |1/3-1/4| * 3 + 1/4
     assert got[1].item() == pytest.approx(3 * (1 / 3 - 1 / 4) + 1 / 4, rel=1e-5)
+
+
+def test_step_token_count_turns_the_mean_into_a_share_of_the_step():
+    """With the step's completion-token count (here 4 in this batch, 10 in the whole step), the loss is
+    this batch's token sum over 10: summed over the step's batches, the per-token mean of the step."""
+    mean = logit_kd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS), 2.0, 0.5)
+    share = logit_kd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS), 2.0, 0.5, num_items=torch.tensor(10))
+    assert share[0].item() == pytest.approx(mean[0].item() * 4 / 10, rel=1e-6)
+    assert share[1].item() == pytest.approx(mean[1].item()) and share[2].item() == pytest.approx(mean[2].item())

@@ -91,6 +91,12 @@ def recipe_sections() -> dict[str, type]:
 
 @hookimpl
 def validate_recipe(recipe: Recipe) -> None:
+    if recipe.section("distill").baseline and recipe.distributed.backend == "fsdp":
+        raise RecipeError(
+            "the baseline is trained and measured on every process, and FSDP leaves each with a shard of it; "
+            "with backend = 'fsdp' set baseline = false (or use backend = 'ddp')",
+            key="distill.baseline",
+        )
     fields = recipe.data_fields
     if fields is not None and "instruction" not in fields:
         raise RecipeError(

@@ -36,10 +36,14 @@ def logit_kd_loss(
     alpha: float = 0.5,
     divergence: str = "forward_kl",
     beta: float = 0.5,
+    num_items: Any = None,
 ) -> tuple[Any, Any, Any]:
     """``α·T²·D + (1−α)·CE`` averaged over completion tokens; returns ``(loss, kd, ce)``.
 
-    The two parts come back detached, for logging. ``student_logits`` ``[B, L, Vs]`` and ``teacher_logits`` ``[B, L, Vt]`` come from the same
+    ``num_items``: the completion tokens of the whole optimizer step (every micro-batch of gradient
+    accumulation, every process), as the Trainer counts them; the loss is then this batch's sum over
+    that count, so that the step's gradient is the per-token mean over all of them. Left out, the
+    mean over this batch. The two parts come back detached (means over this batch), for logging. ``student_logits`` ``[B, L, Vs]`` and ``teacher_logits`` ``[B, L, Vt]`` come from the same
     input ids; ``labels`` ``[B, L]`` hold ``-100`` on prompt and padding (the mask comes from the
     labels, never from the pad id). Position ``i`` predicts token ``i + 1``. When the vocabulary
     sizes differ (padded embeddings within one family) the divergence uses the shared first
@@ -54,10 +58,12 @@ def logit_kd_loss(
     if student.shape[0] == 0:
         zero = student_logits.sum() * 0.0
         return zero, zero.detach(), zero.detach()
-    ce = torch.nn.functional.cross_entropy(student.float(), targets[mask])
+    ce = torch.nn.functional.cross_entropy(student.float(), targets[mask], reduction="none")
     shared = min(student.shape[-1], teacher.shape[-1])
-    kd = kd_divergence(student[:, :shared], teacher[:, :shared], temperature, divergence, beta).mean()
-    return alpha * temperature**2 * kd + (1 - alpha) * ce, kd.detach(), ce.detach()
+    kd = kd_divergence(student[:, :shared], teacher[:, :shared], temperature, divergence, beta)
+    count = student.shape[0] if num_items is None else num_items
+    loss = (alpha * temperature**2 * kd.sum() + (1 - alpha) * ce.sum()) / count
+    return loss, kd.mean().detach(), ce.mean().detach()
 
 
 def uld_loss(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:

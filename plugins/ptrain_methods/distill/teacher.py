@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -55,12 +56,15 @@ def teacher_answers(run: Run, teacher: Any, tokenizer: Any, prompts: list[str]) 
     missing = list(dict.fromkeys(p for p in prompts if p not in cache))
     run.log.info("distill: %d teacher answers cached, %d to generate", len(prompts) - len(missing), len(missing))
     if missing:
-        path.parent.mkdir(parents=True, exist_ok=True)
         batch = run.recipe.eval.batch_size
         chunk = max(batch * 4, 64)
         max_new = section.max_new_tokens or run.recipe.eval.max_new_tokens
-        cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        with path.open("a", encoding="utf-8") as handle:
+        # every process of a distributed run needs the answers (greedy: the same everywhere); the main one writes them
+        write = run.is_main_process
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        cut = write and path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        with path.open("a", encoding="utf-8") if write else contextlib.nullcontext() as handle:
             if cut:
                 handle.write("\n")  # after a line cut short, start a fresh one
             for i in range(0, len(missing), chunk):
@@ -68,6 +72,8 @@ def teacher_answers(run: Run, teacher: Any, tokenizer: Any, prompts: list[str]) 
                 texts = generate(teacher, tokenizer, part, max_new, batch).texts
                 for prompt, text in zip(part, texts, strict=True):
                     cache[prompt] = text
-                    handle.write(json.dumps({"prompt": prompt, "completion": text}) + "\n")
-                handle.flush()
+                    if write:
+                        handle.write(json.dumps({"prompt": prompt, "completion": text}) + "\n")
+                if write:
+                    handle.flush()
     return {p: cache[p] for p in prompts}

@@ -31,9 +31,14 @@ def distill_trainer_class() -> type:
                     teacher_logits = self.teacher(
                         input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False
                     ).logits
+                # normalised by the step's token count, as SFT's loss is: the same gradient whatever the
+                # split into processes and accumulation steps (the Trainer then undoes the processes' average)
                 loss, kd, ce = logit_kd_loss(
-                    outputs.logits, teacher_logits, labels, section.temperature, section.alpha, section.divergence, section.beta
+                    outputs.logits, teacher_logits, labels, section.temperature, section.alpha, section.divergence, section.beta,
+                    num_items=num_items_in_batch,
                 )
+                if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes
             else:
                 loss, kd, ce = self.uld_batch(outputs.logits, inputs)
             mode = "train" if model.training else "eval"
