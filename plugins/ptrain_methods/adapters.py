@@ -42,6 +42,8 @@ from ptrain import (
 
 ALL_LINEAR = "all-linear"
 ADAPTER_SIZE = ReportRow("adapter size (MiB)", "final.adapter_size_mb")
+ADAPTER_NAME = "default"
+"""The name ``get_peft_model`` gives the adapter (and under which ``adapter/`` holds it at its root)."""
 
 _METHODS: dict[str, AdapterMethod] = {}
 """Every adapter method imported in this process, by name: a recipe naming two is rejected."""
@@ -310,7 +312,7 @@ class AdapterMethod:
         if self.prompt_learning:
             # generate() passes position ids, which peft rightly recomputes with the virtual tokens in front
             warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
-        peft_model = get_peft_model(model, config)
+        peft_model = get_peft_model(model, config, adapter_name=ADAPTER_NAME)
         if self.prepare is not None:
             self.prepare(peft_model, section, loaded)
         summary = trainable_summary(peft_model)
@@ -339,7 +341,9 @@ class AdapterMethod:
         section = run.section(self.name)
         adapter = run.dir / "adapter"
         with atomic_dir(adapter) as tmp:
-            run.model.save_pretrained(tmp, safe_serialization=True)
+            # the adapter this method put on the model, alone: a trainer may have added others
+            # (TRL's DPO adds "ref", a frozen copy of the initial adapter, as its reference)
+            run.model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[ADAPTER_NAME])
             run.tokenizer.save_pretrained(tmp)
         run.artifacts["adapter"] = str(adapter)
         final = run.metrics.setdefault("final", {})
