@@ -135,8 +135,17 @@ class VirtualTokensSection:
 
     num_virtual_tokens: int = 20
     """Trainable tokens (soft prompt or per-layer prefix) the model sees before every input."""
+    merge: bool = False
+    """Always false: virtual tokens are extra input, not a change to any weight, so there is no
+    merged model; ``adapter/`` is the run's model. (The key exists so that ``merge = true`` says so.)"""
 
     def validate(self) -> None:
+        if self.merge:
+            raise RecipeError(
+                "cannot be true: virtual tokens are extra input, not a change to any weight, so there is no merged "
+                "model to export; remove the key (adapter/ is the model: PeftModel.from_pretrained(base, adapter))",
+                key="merge",
+            )
         if not 1 <= self.num_virtual_tokens <= 512:
             raise RecipeError(f"must be in [1, 512], got {self.num_virtual_tokens}; typical values are 8 to 100", key="num_virtual_tokens")
 

@@ -34,6 +34,7 @@ def _recipe(methods, **sections):
         ("prompt_tuning", "num_virtual_tokens", 0, r"\[1, 512\]"),
         ("prompt_tuning", "init_text", "Reverse the words", 'used only with init = "text"'),
         ("prefix_tuning", "projection_hidden_size", 64, "set projection = true"),
+        ("prefix_tuning", "merge", True, "cannot be true: virtual tokens are extra input, not a change to any weight"),
         ("p_tuning", "encoder_layers", 3, "MLP prompt encoder has 2 layers"),
         ("p_tuning", "encoder_dropout", 1.5, r"\[0, 1\)"),
         ("lora", "init", "loftq", "one of 'default', 'gaussian', 'orthogonal', 'pissa', 'olora'"),
