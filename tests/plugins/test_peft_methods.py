@@ -110,7 +110,7 @@ TRAINED = [  # (method, its section, learning rate)
     ("lokr", {"r": 4, "alpha": 8}, 1e-2),
     ("prompt_tuning", {"num_virtual_tokens": 8, "init": "text", "init_text": "Answer with the words reversed or in capitals"}, 1e-1),
     ("prefix_tuning", {"num_virtual_tokens": 8}, 1e-1),
-    ("prefix_tuning", {"num_virtual_tokens": 8, "init": "text", "init_text": "Answer with the words reversed or in capitals"}, 1e-2),
+    ("prefix_tuning", {"num_virtual_tokens": 8, "init": "text", "init_text": "Answer with the words reversed or in capitals"}, 1e-1),
     ("p_tuning", {"num_virtual_tokens": 8, "encoder_hidden_size": 64}, 1e-1),
     ("lora", {"r": 4, "alpha": 8, "use_dora": True}, 1e-2),
     ("lora", {"r": 4, "alpha": 8, "use_rslora": True}, 1e-2),
@@ -147,9 +147,12 @@ def test_method_trains_and_its_adapter_reloads_with_plain_peft(ptrain_run, train
     run = ptrain_run(recipe)
     base, final = run.metrics["base"], run.metrics["final"]
     # measured (seeds 42, 1, 2): final eval loss / the base model's = 0.53-0.79 for the weight adapters,
-    # 0.77-0.89 for the prompt-learning methods (prompt_tuning the weakest: 0.85, 0.89, 0.83)
+    # 0.77-0.89 for the prompt-learning methods (prompt_tuning the weakest: 0.85, 0.89, 0.83; prefix_tuning
+    # started from text: 0.78, 0.84, 0.76)
     assert final["eval_loss"] < 0.95 * base["eval_loss"], (base["eval_loss"], final["eval_loss"])
     report = run.metrics[method]
+    weights = (run.dir / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert 0 < final["adapter_weights_mb"] == round(weights / 2**20, 4) < final["adapter_size_mb"]
     assert 0 < report["trainable_parameters"] == run.metrics["train"]["trainable_parameters"] < report["total_parameters"]
 
     in_memory = [json.loads(line)["generation"] for line in (run.dir / "samples.jsonl").read_text().splitlines()]
