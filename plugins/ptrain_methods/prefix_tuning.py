@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import LoadedModel, RecipeError, Run
+from ptrain import LoadedModel, Recipe, RecipeError, Run
 
 from .adapters import AdapterMethod, VirtualTokensSection
 
@@ -81,5 +81,18 @@ def text_init(peft_model: Any, section: PrefixTuningSection, loaded: LoadedModel
     initialize_kv_prefix_from_past_key_values(peft_model, past_key_values=outputs.past_key_values)
 
 
-METHOD = AdapterMethod("prefix_tuning", PrefixTuningSection, prefix_tuning_config, prompt_learning=True, prepare=text_init)
+def check_composition(recipe: Recipe) -> None:
+    if recipe.train.gradient_checkpointing:
+        # measured: a checkpointed llama layer ignores past_key_values while training, and the
+        # attention mask (which counts the prefix) no longer matches the keys
+        raise RecipeError(
+            "prefix_tuning hands its prefixes to every layer as cached keys and values, and a checkpointed layer "
+            "drops that cache while training (transformers); set train.gradient_checkpointing = false",
+            key="train.gradient_checkpointing",
+        )
+
+
+METHOD = AdapterMethod(
+    "prefix_tuning", PrefixTuningSection, prefix_tuning_config, prompt_learning=True, prepare=text_init, check=check_composition
+)
 recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -55,6 +55,8 @@ def test_sections_reject_nonsense(method, key, value, message):
          r'ia3\.feedforward_modules: is "auto", which only goes with target_modules = "auto"'),
         (_recipe(["sft", "prefix_tuning"], prefix_tuning={"init": "text", "init_text": "Reverse", "projection": True}),
          r"prefix_tuning\.init: is \"text\", which sets the prefixes themselves, and projection = true produces them"),
+        (_recipe(["sft", "prefix_tuning"], train={"gradient_checkpointing": True}),
+         r"train\.gradient_checkpointing: prefix_tuning hands its prefixes to every layer as cached keys and values"),
         (_recipe(["sft", "prompt_tuning"], prompt_tuning={"init": "text"}),
          r"prompt_tuning\.init_text: is empty, and init = \"text\" starts the prompt from it"),
         (_recipe(["loha"]), r"methods: loha adds adapters for a trainer to train, and no method in methods builds one; "
