@@ -93,6 +93,13 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
+def _input_logits(model: Any, input_ids: Any, attention_mask: Any = None) -> Any:
+    """Float logits at the input's positions. Prompt-learning adapters (peft prompt tuning,
+    P-tuning) put virtual tokens before the input and return their logits first: they are dropped."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return logits[:, -input_ids.shape[1] :].float()
+
+
 def _completion_batches(
     model: Any, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], batch_size: int, max_length: int
 ) -> Iterator[tuple[Any, Any]]:
@@ -120,7 +127,7 @@ def _completion_batches(
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention[row, : len(ids)] = 1
                 labels[row, start : len(ids)] = torch.tensor(ids[start:])
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            logits = _input_logits(model, input_ids.to(device), attention.to(device))
             yield logits[:, :-1], labels[:, 1:].to(device)
 
 
@@ -273,7 +280,7 @@ def sliding_window_perplexity(
             ids = input_ids[:, begin:end].to(device)
             labels = ids.clone()
             labels[:, : max(previous_end - begin, 0)] = -100  # already scored by the previous window
-            logits = model(input_ids=ids).logits.float()
+            logits = _input_logits(model, ids)
             targets = labels[:, 1:].reshape(-1)
             total += torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.size(-1)), targets, ignore_index=-100, reduction="sum"

@@ -25,6 +25,8 @@ def distill_trainer_class() -> type:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
+            # a prompt-learning adapter (prompt_tuning, p_tuning) returns its virtual tokens' logits first
+            student_logits = outputs.logits[:, -inputs["input_ids"].shape[1] :]
             section = self.section
             if self.mode == "logit":
                 with torch.no_grad():
@@ -34,13 +36,13 @@ def distill_trainer_class() -> type:
                 # normalised by the step's token count, as SFT's loss is: the same gradient whatever the
                 # split into processes and accumulation steps (the Trainer then undoes the processes' average)
                 loss, kd, ce = logit_kd_loss(
-                    outputs.logits, teacher_logits, labels, section.temperature, section.alpha, section.divergence, section.beta,
+                    student_logits, teacher_logits, labels, section.temperature, section.alpha, section.divergence, section.beta,
                     num_items=num_items_in_batch,
                 )
                 if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                     loss = loss * self.accelerator.num_processes
             else:
-                loss, kd, ce = self.uld_batch(outputs.logits, inputs)
+                loss, kd, ce = self.uld_batch(student_logits, inputs)
             mode = "train" if model.training else "eval"
             self._metrics[mode]["kd_loss"].append(float(kd))
             self._metrics[mode]["ce_loss"].append(float(ce))
