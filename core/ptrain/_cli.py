@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ def cli() -> None:
     ptrain list                           installed methods
     ptrain new-plugin NAME                scaffold a method package
     ptrain compare runs/a runs/b          compare finished runs side by side
+    ptrain chat runs/NAME                 talk to a trained model (--base: next to its base)
     """
 
 
@@ -351,6 +353,56 @@ def list_methods(as_json: bool, verbose: bool) -> None:
                     console.print(f"    {what}: {escape(', '.join(items))}", soft_wrap=True)
     if not verbose:
         console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources and rewards[/]")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="Answer TEXT and exit (repeatable); no conversation.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="Answer each line of this file and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --prompt/--prompts: one JSON object per prompt.")
+@click.option("--base", is_flag=True, help="Also answer with the run's base model, side by side.")
+@click.option("--variant", metavar="NAME", help="A quantized export of a quantize run (quantized/NAME), e.g. nf4.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model whose code is not part of transformers to run it.")
+def chat(
+    target: str, prompts: tuple[str, ...], prompts_file: str | None, as_json: bool, base: bool, variant: str | None,
+    max_new_tokens: int, temperature: float, top_p: float, seed: int, trust_remote_code: bool,
+) -> None:
+    """Chat with TARGET: a run directory, a model or adapter directory, or a hub ID.
+
+    \b
+    ptrain chat runs/quickstart                     a conversation (/reset, /exit)
+    ptrain chat runs/quickstart --base              the base model answers too
+    ptrain chat runs/quickstart --prompt "..." --json
+    ptrain chat runs/quantize_tiny --variant nf4
+    """
+    from ptrain import _chat
+    from ptrain._quiet import quiet_libraries
+
+    texts = list(prompts)
+    if prompts_file:
+        try:
+            texts += [line for line in Path(prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            fail_usage(UsageError(f"--prompts {prompts_file}: cannot read it ({err})"))
+        if not texts:
+            fail_usage(UsageError(f"--prompts {prompts_file}: no prompts in it (one per line)"))
+    if as_json and not texts:
+        fail_usage(UsageError("--json answers --prompt/--prompts; a conversation has no JSON form"))
+    quiet_libraries()
+    options = _chat.GenerationOptions(max_new_tokens, temperature, top_p, seed)
+    try:
+        with err_console.status(f"loading {target}…") if not as_json else contextlib.nullcontext():
+            models = _chat.load_models(target, variant=variant, base=base, trust_remote_code=trust_remote_code)
+        if texts:
+            _chat.one_shot(models, texts, options, as_json, console)
+        else:
+            _chat.interactive(models, options, console)
+    except UsageError as err:
+        fail_usage(err)
 
 
 @cli.command(name="new-plugin")

@@ -28,6 +28,8 @@ class CoreState:
     scores: dict[str, list[float]] = field(default_factory=dict)
     setup: list[tuple[str, TrainingSetup]] = field(default_factory=list)
     """What each method contributed through ``training_setup``, in recipe order."""
+    tracking: Any = None
+    """The experiment trackers this run opened (``train.report_to``), until they are closed."""
 
 
 @dataclass
