@@ -63,6 +63,7 @@ def cli() -> None:
     \b
     ptrain run recipes/sft_tiny.toml      train as the recipe says
     ptrain validate RECIPE                check a recipe without running it
+    ptrain data RECIPE                    training examples as the model sees them
     ptrain list                           installed methods
     ptrain new-plugin NAME                scaffold a method package
     ptrain compare runs/a runs/b          compare finished runs side by side
@@ -88,7 +89,7 @@ def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
 @click.option("--skip-done", is_flag=True, help="Skip a recipe whose run directory already holds a finished run of the same recipe.")
 @click.option(
     "--compare", "compare_dir", type=click.Path(file_okay=False),
-    help="After the runs, compare them (table, compare.md, compare.png) into this directory.",
+    help="After the runs, compare them (table, compare.md, compare.png, compare.html) into this directory.",
 )
 @click.option(
     "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -319,6 +320,34 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
     console.print(f"[green]ok[/]: {escape(recipe)} (methods: {escape(', '.join(loaded.methods))})")
 
 
+@cli.command(name="data")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable).")
+@click.option("-n", "count", type=click.IntRange(min=0), default=3, show_default=True, help="Examples to show.")
+@click.option("--split", type=click.Choice(["train", "eval"]), default="train", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: the data summary and each example with its token counts.")
+def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_json: bool) -> None:
+    """Show RECIPE's first training examples exactly as the model will see them: prompt and completion
+    with their boundary marked, token counts, truncation, and the data's sources and sizes."""
+    from ptrain import _preview
+    from ptrain._models import load_tokenizer
+    from ptrain._quiet import quiet_libraries
+
+    loaded = _load(recipe, overrides)
+    quiet_libraries()
+    try:
+        tokenizer = load_tokenizer(loaded.model.tokenizer or loaded.model.name, revision=loaded.model.revision,
+                                   trust_remote_code=loaded.model.trust_remote_code,
+                                   key="model.tokenizer" if loaded.model.tokenizer else "model.name")
+        shown, summary = _preview.examples(loaded, tokenizer, count, split)
+    except UsageError as err:
+        fail_usage(err)
+    if as_json:
+        click.echo(json.dumps(_preview.as_json(shown, summary), indent=2, ensure_ascii=False))
+        return
+    _preview.show(shown, summary, console)
+
+
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (everything the verbose view shows).")
 @click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources and rewards.")
@@ -428,18 +457,21 @@ def new_plugin(name: str, directory: str | None, kind: str) -> None:
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option(
-    "--output", "-o", type=click.Path(file_okay=False), help="Where to write compare.md and compare.png (default: the first run's parent)."
+    "--output", "-o", type=click.Path(file_okay=False),
+    help="Where to write compare.md, compare.png and compare.html (default: the first run's parent).",
 )
 def compare(run_dirs: tuple[str, ...], output: str | None) -> None:
-    """Compare finished runs (their metrics.json) side by side: a table, Markdown and a PNG chart."""
+    """Compare finished runs (their metrics.json) side by side: a table, Markdown, a PNG chart and an HTML report."""
     _print_comparison(run_dirs, output)
 
 
 def _print_comparison(run_dirs: tuple[str, ...], output: str | None) -> None:
+    from ptrain._html import write_compare_report
     from ptrain._report import compare as compare_runs
 
     try:
         header, rows, md, png = compare_runs(list(run_dirs), output)
+        html = write_compare_report(list(run_dirs), md.parent)
     except UsageError as err:
         fail_usage(err)
     table = Table(title="runs compared")
@@ -449,7 +481,7 @@ def _print_comparison(run_dirs: tuple[str, ...], output: str | None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"written: [bold]{md}[/], [bold]{png}[/]")
+    console.print(f"written: [bold]{md}[/], [bold]{png}[/], [bold]{html}[/]")
 
 
 def main() -> None:

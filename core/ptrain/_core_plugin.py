@@ -11,9 +11,9 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ptrain import _artifacts
+from ptrain._errors import RecipeError
 from ptrain._formats import CORE_FORMATS
 from ptrain._sources import CORE_SOURCES
-from ptrain._errors import RecipeError
 from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, ReportRow
 from ptrain.hookspecs import hookimpl
 
@@ -191,4 +191,4 @@ def export(run: Run) -> list[str]:
         run.tokenizer.save_pretrained(tmp)
     run.artifacts["model"] = str(target)
     run.metrics.setdefault("final", {})["model_size_mb"] = round(_artifacts.dir_size(target) / 2**20, 3)
-    return [str(target)]
+    return [str(target)]  # its model card is written once every exporter ran

@@ -326,12 +326,3 @@ def core_catalog() -> Catalog:
     catalog.add_formats("core", CORE_FORMATS)
     catalog.add_sources("core", CORE_SOURCES)
     return catalog
-
-
-def rendered_rows(section: DataSection, seed: int, tokenizer: Any = None, catalog: Catalog | None = None) -> tuple[Rows, Rows]:
-    """The whole data path on one ``[data]`` section: plan, read, split, mix and render (train, eval)."""
-    from ptrain._datamix import splits
-
-    catalog = catalog or core_catalog()
-    prepared = splits(plan(section, catalog, seed), section, catalog, seed, tokenizer)
-    return list(prepared.train), prepared.eval

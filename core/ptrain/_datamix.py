@@ -19,7 +19,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ptrain._data import Catalog, DataPlan, Rows, SourcePlan, normaliser, render, request_for, source_rows, templates
+from ptrain._data import (
+    Catalog,
+    DataPlan,
+    Rows,
+    SourcePlan,
+    normaliser,
+    render,
+    request_for,
+    source_rows,
+    templates,
+)
 from ptrain._errors import DataError
 from ptrain._sections import DataSection
 from ptrain._types import ROW_FIELDS
@@ -42,6 +52,15 @@ class Prepared:
 
     def rows(self) -> Iterable[dict[str, Any]]:
         return self.train if self.train is not None else self.stream()  # type: ignore[misc]
+
+
+def rendered_rows(section: DataSection, seed: int, tokenizer: Any = None, catalog: Catalog | None = None) -> tuple[Rows, Rows]:
+    """The whole data path on one ``[data]`` section: plan, read, split, mix and render (train, eval)."""
+    from ptrain._data import core_catalog, plan
+
+    catalog = catalog or core_catalog()
+    prepared = splits(plan(section, catalog, seed), section, catalog, seed, tokenizer)
+    return list(prepared.rows()), prepared.eval
 
 
 def row_key(row: dict[str, Any]) -> int:

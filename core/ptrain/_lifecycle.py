@@ -16,6 +16,7 @@ from typing import Any
 
 from ptrain import _artifacts
 from ptrain._bnb import keep_off_packed_path
+from ptrain._cards import write_missing_cards
 from ptrain._errors import RunInterrupted, UsageError
 from ptrain._memory import measure_memory, memory_in_use_mb
 from ptrain._quiet import quiet_libraries
@@ -278,6 +279,7 @@ def _stages(run: Run) -> None:
     with _status(run, "exporting"):
         written = [p for paths in hook.export(run=run) for p in (paths or [])]
     run.metrics["artifacts"] = sorted({str(p) for p in written})
+    write_missing_cards(run)  # a model directory its exporter gave no card gets the core's
     run.metrics["run"]["wall_time_s"] = round(time.perf_counter() - started, 2)
     run.metrics["report"] = [dataclasses.asdict(row) for row in report_rows(recipe)]
     _artifacts.write_json(run.dir / "metrics.json", run.metrics)
@@ -291,11 +293,9 @@ def _stages(run: Run) -> None:
 
 def report_rows(recipe: Recipe) -> list[Any]:
     """The rows the core and the recipe's plugins want reported, without duplicates."""
-    seen: dict[tuple[str, str], Any] = {}
-    for rows in recipe.plugins.collect_by_plugin("report_rows").values():
-        for row in rows:
-            seen.setdefault((row.label, row.key), row)
-    return list(seen.values())
+    from ptrain._report import declared_rows
+
+    return declared_rows(recipe)
 
 
 def _apply_setup(run: Run) -> None:

@@ -25,6 +25,7 @@ from ptrain import (
     dir_size,
     hookimpl,
     load_pretrained,
+    write_model_card,
 )
 
 ALL_LINEAR = "all-linear"
@@ -183,6 +184,7 @@ def export(run: Run) -> list[str]:
     run.artifacts["adapter"] = str(adapter)
     final = run.metrics.setdefault("final", {})
     final["adapter_size_mb"] = round(dir_size(adapter) / 2**20, 3)
+    write_model_card(run, adapter)
     written = [str(adapter)]
     if section.merge:
         target = run.dir / "model"
@@ -193,6 +195,7 @@ def export(run: Run) -> list[str]:
             del model
         run.artifacts["model"] = str(target)
         final["model_size_mb"] = round(dir_size(target) / 2**20, 3)
+        write_model_card(run, target)
         written.append(str(target))
     else:
         # the adapter is this run's model: keep the core from saving the peft wrapper a second time
