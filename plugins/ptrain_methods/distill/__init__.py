@@ -91,6 +91,8 @@ def recipe_sections() -> dict[str, type]:
 
 @hookimpl
 def validate_recipe(recipe: Recipe) -> None:
+    if recipe.data.streaming:
+        raise RecipeError("distill has the teacher answer the training prompts before training, which needs them all in memory; remove data.streaming", key="data.streaming")
     fields = recipe.data_fields
     if fields is not None and "instruction" not in fields:
         raise RecipeError(
