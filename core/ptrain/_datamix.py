@@ -251,6 +251,7 @@ def streaming_dataset(prepared: Prepared, shuffle_buffer: int, seed: int) -> Any
     """A ``datasets.IterableDataset`` over ``prepared.stream()``: every pass reads the sources again,
     rows shuffled within a buffer of ``shuffle_buffer``; columns and types told from the first rows."""
     import datasets
+    from datasets.iterable_dataset import ExamplesIterable
 
     from ptrain._data import to_dataset
 
@@ -260,9 +261,12 @@ def streaming_dataset(prepared: Prepared, shuffle_buffer: int, seed: int) -> Any
     def uniform(row: dict[str, Any]) -> dict[str, Any]:
         return {k: row.get(k, empty.get(k, "")) for k in keys}
 
-    def rows() -> Iterator[dict[str, Any]]:
-        yield from map(uniform, prepared.stream())  # type: ignore[misc]
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        yield from enumerate(map(uniform, prepared.stream()))  # type: ignore[misc]
 
     features = to_dataset([uniform(r) for r in prepared.sample]).features
-    dataset = datasets.IterableDataset.from_generator(rows, features=features)
+    # built from its parts: IterableDataset.from_generator fingerprints the generator by pickling
+    # it, and a data source's reader need not be picklable
+    examples = ExamplesIterable(rows, {})
+    dataset = datasets.IterableDataset(examples, info=datasets.DatasetInfo(features=features))
     return dataset.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer > 1 else dataset
