@@ -94,7 +94,10 @@ class Tracking:
         if "mlflow" in self.reporters:
             import mlflow
 
-            mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or (run.dir / "mlruns").resolve().as_uri())
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (run.dir / "mlruns").resolve().as_uri()
+            if uri.startswith("file:"):  # MLflow 3 asks to opt in to its file store, which needs no database
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ptrain")
             if mlflow.active_run() is not None:
                 mlflow.end_run()
