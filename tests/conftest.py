@@ -60,3 +60,13 @@ def trained_tiny_llama(tmp_path_factory):
     from ptrain._recipe import load_recipe
 
     return execute(load_recipe(RECIPES / "sft_tiny.toml"), output_dir=str(tmp_path_factory.mktemp("sft_tiny") / "run"))
+
+
+def assert_model_card(directory: Path, base: str, *, metric: str = "task metric") -> str:
+    """``directory/README.md`` is a Hub-format model card naming ``base`` and holding the metrics table; returns it."""
+    card = (Path(directory) / "README.md").read_text(encoding="utf-8")
+    front, _, body = card.removeprefix("---\n").partition("\n---\n")
+    assert "pipeline_tag: text-generation" in front and "- ptrain" in front, front
+    assert f"`{base}`" in body and "## Results" in body and metric in body, body
+    assert "## How to load" in body and "from_pretrained(" in body
+    return card

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import RECIPES
+from conftest import RECIPES, assert_model_card
 from ptrain._errors import RecipeError
 from ptrain._recipe import load_recipe, load_recipe_dict
 
@@ -103,6 +103,8 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
     assert tokenizer.chat_template
     assert _generations(merged, tokenizer, run) == in_memory
     assert run.artifacts == {"adapter": str(adapter_dir), "model": str(run.dir / "model")}
+    for exported in (adapter_dir, run.dir / "model"):  # both carry a model card naming the base and the metrics
+        assert "LoRA trainable share" in assert_model_card(exported, str(base_dir))
     assert not (run.dir / "model" / "adapter_config.json").exists()
     assert merged.dtype == torch.float32
     assert run.metrics["final"]["task_metric"] >= run.metrics["base"]["task_metric"] + 0.15
