@@ -1,5 +1,6 @@
 """Mixed and large data: weighted sources with their own formats, dedup, streaming, and the data preview."""
 
+import itertools
 import json
 
 import pytest
@@ -196,3 +197,57 @@ def test_streaming_a_file_ten_times_the_memory_bound(ptrain_run, tmp_path):
     assert run.metrics["train"]["steps"] == 30 and run.metrics["train"]["train_loss"] < 10
     read = run.metrics["data"]["sources"]["big"]["train_rows_read"]
     assert 30 * 8 <= read < 5_000  # a prefix of the file's 56,000 rows
+
+
+def test_plugin_sources_and_formats_in_a_mixture_and_in_streaming(ptrain_validate, tmp_path):
+    """A plugin's source with ``stream`` is streamed; one without it still works (read whole); a plugin's
+    format (the sharegpt example) is one source of a mixture."""
+    import types
+
+    from ptrain import DataSource, hookimpl
+    from ptrain._datamix import splits
+
+    calls = {"read": 0, "stream": 0}
+
+    def rows(request):
+        return ((f"{request.location}: row {i}", {"prompt": f"n{i}", "completion": str(i)}) for i in range(5000))
+
+    def read(request):
+        calls["read"] += 1
+        return list(rows(request))
+
+    def stream(request):
+        calls["stream"] += 1
+        return rows(request)
+
+    plugin = types.ModuleType("numbers_source")
+    plugin.data_sources = hookimpl(lambda: [
+        DataSource("numbers", lambda name: name == "numbers:streamed", read, local=True, stream=stream),
+        DataSource("numbers (no stream)", lambda name: name == "numbers:whole", read, local=True),
+    ])
+    chats = write_jsonl(tmp_path / "chats.jsonl", [
+        {"conversations": [{"from": "human", "value": f"hi {i}"}, {"from": "gpt", "value": f"hello {i}"}]} for i in range(30)
+    ])
+    recipe = {
+        "methods": ["sft", "numbers", "sharegpt"], "model": {"name": "builtin:tiny-llama"}, "train": {"max_steps": 5},
+        "data": {"sources": [{"source": "numbers:streamed", "name": "streamed"}, {"source": "numbers:whole", "name": "whole"},
+                             {"source": str(chats), "format": "sharegpt"}], "eval_size": 5, "streaming": True, "shuffle_buffer": 1},
+    }
+    validated = ptrain_validate(recipe, plugins={"numbers": plugin})
+    assert calls == {"read": 1, "stream": 1}  # validation: the streamed source's first rows only; the other whole
+    streamed, whole, chat = validated.data_plan.sources
+    assert len(streamed.train.sample) == 1000 and streamed.train.rows is None and len(whole.train.rows) == 5000
+    assert chat.train.format.name == "sharegpt" and len(chat.train.sample) == 30
+
+    class Template:  # the chat template the sharegpt rows need
+        eos_token = "</s>"
+        chat_template = "yes"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    prepared = splits(validated.data_plan, validated.data, validated.catalog, 0, Template())
+    first = list(itertools.islice(prepared.stream(), 60))
+    assert {r["source"] for r in first} == {"streamed", "whole", "chats"}
+    assert next(r for r in first if r["source"] == "chats")["prompt"].startswith("<user>hi ")
+    assert calls["stream"] >= 2 and calls["read"] >= 2  # the run reads the streamed source through stream()
