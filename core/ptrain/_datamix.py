@@ -103,7 +103,8 @@ def prompt_settings(plan: DataPlan) -> dict[str, Any]:
     """How the first source's prompts are rendered: what ``ptrain chat`` needs to talk to the trained model alike."""
     first = plan.sources[0]
     template, template_no_input = templates(first.train, first.section)
-    return {"chat": first.section.chat, "template": template, "template_no_input": template_no_input}
+    conversations = first.train.format is not None and "context" in first.train.format.fields  # rendered with the chat template
+    return {"chat": first.section.chat or conversations, "template": template, "template_no_input": template_no_input}
 
 
 def splits(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, tokenizer: Any) -> Prepared:

@@ -285,10 +285,14 @@ def _stages(run: Run) -> None:
     _artifacts.write_json(run.dir / "metrics.json", run.metrics)
     if run._core.tracking is not None:
         run._core.tracking.end()
+        run._core.tracking = None
     if recipe.output.report:
         from ptrain._html import write_run_report
 
-        write_run_report(run.dir)
+        try:
+            write_run_report(run.dir)
+        except Exception as err:  # the run is done and saved; a report it could not draw is no reason to fail it
+            log.warning("report.html not written: %s: %s", type(err).__name__, err)
 
 
 def report_rows(recipe: Recipe) -> list[Any]:
