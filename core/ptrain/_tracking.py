@@ -92,6 +92,7 @@ class Tracking:
     def begin(self) -> None:
         run = self.run
         if "mlflow" in self.reporters:
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating a new experiment": ptrain says where the run is
             import mlflow
 
             uri = os.environ.get("MLFLOW_TRACKING_URI") or (run.dir / "mlruns").resolve().as_uri()

@@ -46,12 +46,12 @@ def console_errors(driver) -> list[str]:
 
 
 @pytest.mark.slow
-def test_compare_report_opens_in_a_headless_browser(ptrain_run, tmp_path, browser):
+def test_compare_report_opens_in_a_headless_browser(ptrain_run, tiny_lora_run, tmp_path, browser):
     from PIL import Image
     from selenium.webdriver.common.by import By
 
     sft = ptrain_run(tiny_recipe(["sft"], train={"max_steps": 6, "logging_steps": 1}))
-    lora = ptrain_run(tiny_recipe(["sft", "lora"], train={"max_steps": 6, "logging_steps": 1}, lora={"r": 4}))
+    lora = tiny_lora_run
     assert (sft.dir / "report.html").is_file() and (lora.dir / "report.html").is_file()
     result = CliRunner().invoke(cli, ["compare", str(sft.dir), str(lora.dir), "-o", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output

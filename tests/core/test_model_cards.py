@@ -5,17 +5,16 @@ import re
 import pytest
 
 from conftest import assert_model_card
-from ptrain.testing import tiny_recipe
 
 
 @pytest.mark.slow
-def test_adapter_and_merged_model_cards_name_base_methods_data_and_metrics(ptrain_run):
-    run = ptrain_run(tiny_recipe(["sft", "lora"], train={"max_steps": 2}, lora={"r": 4}))
+def test_adapter_and_merged_model_cards_name_base_methods_data_and_metrics(tiny_lora_run):
+    run = tiny_lora_run
     for folder, library in ((run.dir / "adapter", "peft"), (run.dir / "model", "transformers")):
         card = assert_model_card(folder, "builtin:tiny-llama")
         assert f"library_name: {library}" in card and "- lora" in card
         assert "- **lora**: r = 4" in card and "| tasks | `builtin:tasks` | alpaca |" in card  # methods and data sources
-        assert "max_steps = 2" in card and "Measured: steps 2" in card  # training settings and what was measured
+        assert "max_steps = 6" in card and "Measured: steps 6" in card  # training settings and what was measured
         table = card[card.index("## Results"):card.index("## How to load")]
         assert re.search(r"\| task metric \(base → final\) \| [\d.]+ → [\d.]+ \|", table), table
         assert "adapter size (MiB)" in table  # the method's declared rows, as in the end-of-run table

@@ -148,3 +148,5 @@ def test_qlora_trains_on_4bit_base_and_merged_export_reloads(run_recipe, monkeyp
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
     texts = _generations(merged, AutoTokenizer.from_pretrained(run.dir / "model"), run)
     assert len(texts) == run.recipe.eval.max_samples
+    for exported in (run.dir / "adapter", run.dir / "model"):
+        assert "- **qlora**: quant_type = nf4" in assert_model_card(exported, "builtin:tiny-llama")
