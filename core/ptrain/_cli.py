@@ -281,7 +281,14 @@ def print_results(metrics: dict[str, Any], label: str = "run", directory: Path |
         table.add_column("base", justify="right")
     table.add_column("final" if base else "value", justify="right")
     for key in dict.fromkeys([*base, *final]):
-        if isinstance(final.get(key, base.get(key)), (dict, list)):
+        value = final.get(key, base.get(key))
+        if isinstance(value, dict) and key.endswith("_by_source"):  # a mixture: one line per source
+            for source in value:
+                name = f"{key.removesuffix('_by_source')} ({source})"
+                before = [_fmt((base.get(key) or {}).get(source, ""))] if base else []
+                table.add_row(name, *before, _fmt((final.get(key) or {}).get(source, "")))
+            continue
+        if isinstance(value, (dict, list)):
             continue
         row = [key] + ([_fmt(base.get(key, ""))] if base else []) + [_fmt(final.get(key, ""))]
         table.add_row(*row)
