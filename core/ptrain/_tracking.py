@@ -42,6 +42,8 @@ REPORTERS = {
 def check_report_to(reporters: list[str]) -> None:
     """A RecipeError for an unknown reporter or one whose package is missing; imports nothing."""
     for i, name in enumerate(reporters):
+        if name in ("none", "all"):  # transformers' own: no reporting, or every integration installed
+            continue
         if name not in REPORTERS:
             from ptrain._schema import suggest
 
