@@ -60,3 +60,23 @@ def trained_tiny_llama(tmp_path_factory):
     from ptrain._recipe import load_recipe
 
     return execute(load_recipe(RECIPES / "sft_tiny.toml"), output_dir=str(tmp_path_factory.mktemp("sft_tiny") / "run"))
+
+
+def assert_model_card(directory: Path, base: str, *, metric: str = "task metric") -> str:
+    """``directory/README.md`` is a Hub-format model card naming ``base`` and holding the metrics table; returns it."""
+    card = (Path(directory) / "README.md").read_text(encoding="utf-8")
+    front, _, body = card.removeprefix("---\n").partition("\n---\n")
+    assert "pipeline_tag: text-generation" in front and "- ptrain" in front, front
+    assert f"`{base}`" in body and "## Results" in body and metric in body, body
+    assert "## How to load" in body and "from_pretrained(" in body
+    return card
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tmp_path_factory):
+    """SFT + LoRA (r=4) on builtin:tiny-llama for 6 steps, once per test session: a finished run with an
+    adapter, a merged model, model cards, a report and a logged loss curve."""
+    from ptrain.testing import execute, tiny_recipe
+
+    recipe = tiny_recipe(["sft", "lora"], train={"max_steps": 6, "logging_steps": 1}, lora={"r": 4})
+    return execute(recipe, output_dir=tmp_path_factory.mktemp("tiny_lora") / "run")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ptrain._artifacts import atomic_dir, dir_size, write_json, write_jsonl, write_text
 from ptrain._bnb import unfit_4bit_layers
+from ptrain._cards import write_model_card
 from ptrain._data import chat_prompt, render_prompt, to_dataset
 from ptrain._errors import DataError, PtrainError, RecipeError, UsageError
 from ptrain._evaluation import (
@@ -79,6 +80,6 @@ __all__ = [
     "exact_match", "json_match", "valid_json", "perplexity", "sliding_window_perplexity",
     "measure_memory", "MemoryUsage", "memory_in_use_mb", "footprint_bytes",
     # writing
-    "atomic_dir", "write_json", "write_jsonl", "write_text", "dir_size",
+    "atomic_dir", "write_json", "write_jsonl", "write_text", "dir_size", "write_model_card",
     "__version__",
 ]

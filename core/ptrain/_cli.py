@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -62,9 +63,11 @@ def cli() -> None:
     \b
     ptrain run recipes/sft_tiny.toml      train as the recipe says
     ptrain validate RECIPE                check a recipe without running it
+    ptrain data RECIPE                    training examples as the model sees them
     ptrain list                           installed methods
     ptrain new-plugin NAME                scaffold a method package
     ptrain compare runs/a runs/b          compare finished runs side by side
+    ptrain chat runs/NAME                 talk to a trained model (--base: next to its base)
     """
 
 
@@ -86,7 +89,7 @@ def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
 @click.option("--skip-done", is_flag=True, help="Skip a recipe whose run directory already holds a finished run of the same recipe.")
 @click.option(
     "--compare", "compare_dir", type=click.Path(file_okay=False),
-    help="After the runs, compare them (table, compare.md, compare.png) into this directory.",
+    help="After the runs, compare them (table, compare.md, compare.png, compare.html) into this directory.",
 )
 @click.option(
     "--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -314,7 +317,14 @@ def print_results(metrics: dict[str, Any], label: str = "run", directory: Path |
         table.add_column("base", justify="right")
     table.add_column("final" if base else "value", justify="right")
     for key in dict.fromkeys([*base, *final]):
-        if isinstance(final.get(key, base.get(key)), (dict, list)):
+        value = final.get(key, base.get(key))
+        if isinstance(value, dict) and key.endswith("_by_source"):  # a mixture: one line per source
+            for source in value:
+                name = f"{key.removesuffix('_by_source')} ({source})"
+                before = [_fmt((base.get(key) or {}).get(source, ""))] if base else []
+                table.add_row(name, *before, _fmt((final.get(key) or {}).get(source, "")))
+            continue
+        if isinstance(value, (dict, list)):
             continue
         row = [key] + ([_fmt(base.get(key, ""))] if base else []) + [_fmt(final.get(key, ""))]
         table.add_row(*row)
@@ -353,6 +363,34 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
     console.print(f"[green]ok[/]: {escape(recipe)} (methods: {escape(', '.join(loaded.methods))})")
 
 
+@cli.command(name="data")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable).")
+@click.option("-n", "count", type=click.IntRange(min=0), default=3, show_default=True, help="Examples to show.")
+@click.option("--split", type=click.Choice(["train", "eval"]), default="train", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: the data summary and each example with its token counts.")
+def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_json: bool) -> None:
+    """Show RECIPE's first training examples exactly as the model will see them: prompt and completion
+    with their boundary marked, token counts, truncation, and the data's sources and sizes."""
+    from ptrain import _preview
+    from ptrain._models import load_tokenizer
+    from ptrain._quiet import quiet_libraries
+
+    loaded = _load(recipe, overrides)
+    quiet_libraries()
+    try:
+        tokenizer = load_tokenizer(loaded.model.tokenizer or loaded.model.name, revision=loaded.model.revision,
+                                   trust_remote_code=loaded.model.trust_remote_code,
+                                   key="model.tokenizer" if loaded.model.tokenizer else "model.name")
+        shown, summary = _preview.examples(loaded, tokenizer, count, split)
+    except UsageError as err:
+        fail_usage(err)
+    if as_json:
+        click.echo(json.dumps(_preview.as_json(shown, summary), indent=2, ensure_ascii=False))
+        return
+    _preview.show(shown, summary, console)
+
+
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (everything the verbose view shows).")
 @click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources and rewards.")
@@ -389,6 +427,56 @@ def list_methods(as_json: bool, verbose: bool) -> None:
         console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources and rewards[/]")
 
 
+@cli.command()
+@click.argument("target")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="Answer TEXT and exit (repeatable); no conversation.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="Answer each line of this file and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --prompt/--prompts: one JSON object per prompt.")
+@click.option("--base", is_flag=True, help="Also answer with the run's base model, side by side.")
+@click.option("--variant", metavar="NAME", help="A quantized export of a quantize run (quantized/NAME), e.g. nf4.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model whose code is not part of transformers to run it.")
+def chat(
+    target: str, prompts: tuple[str, ...], prompts_file: str | None, as_json: bool, base: bool, variant: str | None,
+    max_new_tokens: int, temperature: float, top_p: float, seed: int, trust_remote_code: bool,
+) -> None:
+    """Chat with TARGET: a run directory, a model or adapter directory, or a hub ID.
+
+    \b
+    ptrain chat runs/quickstart                     a conversation (/reset, /exit)
+    ptrain chat runs/quickstart --base              the base model answers too
+    ptrain chat runs/quickstart --prompt "..." --json
+    ptrain chat runs/quantize_tiny --variant nf4
+    """
+    from ptrain import _chat
+    from ptrain._quiet import quiet_libraries
+
+    texts = list(prompts)
+    if prompts_file:
+        try:
+            texts += [line for line in Path(prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            fail_usage(UsageError(f"--prompts {prompts_file}: cannot read it ({err})"))
+        if not texts:
+            fail_usage(UsageError(f"--prompts {prompts_file}: no prompts in it (one per line)"))
+    if as_json and not texts:
+        fail_usage(UsageError("--json answers --prompt/--prompts; a conversation has no JSON form"))
+    quiet_libraries()
+    options = _chat.GenerationOptions(max_new_tokens, temperature, top_p, seed)
+    try:
+        with err_console.status(f"loading {target}…") if not as_json else contextlib.nullcontext():
+            models = _chat.load_models(target, variant=variant, base=base, trust_remote_code=trust_remote_code)
+        if texts:
+            _chat.one_shot(models, texts, options, as_json, console)
+        else:
+            _chat.interactive(models, options, console)
+    except UsageError as err:
+        fail_usage(err)
+
+
 @cli.command(name="new-plugin")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it (default ./ptrain-NAME).")
@@ -412,18 +500,21 @@ def new_plugin(name: str, directory: str | None, kind: str) -> None:
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option(
-    "--output", "-o", type=click.Path(file_okay=False), help="Where to write compare.md and compare.png (default: the first run's parent)."
+    "--output", "-o", type=click.Path(file_okay=False),
+    help="Where to write compare.md, compare.png and compare.html (default: the first run's parent).",
 )
 def compare(run_dirs: tuple[str, ...], output: str | None) -> None:
-    """Compare finished runs (their metrics.json) side by side: a table, Markdown and a PNG chart."""
+    """Compare finished runs (their metrics.json) side by side: a table, Markdown, a PNG chart and an HTML report."""
     _print_comparison(run_dirs, output)
 
 
 def _print_comparison(run_dirs: tuple[str, ...], output: str | None) -> None:
+    from ptrain._html import write_compare_report
     from ptrain._report import compare as compare_runs
 
     try:
         header, rows, md, png = compare_runs(list(run_dirs), output)
+        html = write_compare_report(list(run_dirs), md.parent)
     except UsageError as err:
         fail_usage(err)
     table = Table(title="runs compared")
@@ -433,7 +524,7 @@ def _print_comparison(run_dirs: tuple[str, ...], output: str | None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"written: [bold]{md}[/], [bold]{png}[/]")
+    console.print(f"written: [bold]{md}[/], [bold]{png}[/], [bold]{html}[/]")
 
 
 def main() -> None:

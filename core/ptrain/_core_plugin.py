@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 @hookimpl(trylast=True)
 def validate_recipe(recipe: Recipe) -> None:
     from ptrain._models import check_model_name
+    from ptrain._tracking import check_report_to
 
     check_model_name(recipe.model.name, "model.name")
     if recipe.model.tokenizer:
@@ -37,6 +38,13 @@ def validate_recipe(recipe: Recipe) -> None:
             "Trainer refuses the pair; keep FSDP's own (set this to false)",
             key="train.gradient_checkpointing",
         )
+    if recipe.data.streaming and recipe.trainer_owner is not None and recipe.train.max_steps < 1:
+        raise RecipeError(
+            "data.streaming reads rows as training goes and never counts them, so the trainer cannot tell an epoch's "
+            "length; set train.max_steps",
+            key="data.streaming",
+        )
+    check_report_to(recipe.train.report_to)
 
 
 @hookimpl
@@ -67,6 +75,9 @@ def report_rows() -> list[ReportRow]:
         ReportRow("perplexity (completions)", "final.perplexity", chart="panel"),
         ReportRow("task metric", "final.task_metric", base=True, chart="quality"),
         ReportRow("valid JSON", "final.valid_json_rate", base=True, chart="quality"),
+        ReportRow("training rows", "data.train_rows", format="count"),
+        ReportRow("task metric by source", "final.task_metric_by_source", base=True),
+        ReportRow("eval loss by source", "final.eval_loss_by_source"),
     ]
 
 
@@ -79,13 +90,15 @@ def load_model(run: Run) -> LoadedModel:
 
 @hookimpl(trylast=True)
 def prepare_data(run: Run) -> DataSplits:
-    from ptrain._data import load_rows, render, templates, to_dataset
+    from ptrain._data import to_dataset
+    from ptrain._datamix import splits, streaming_dataset
 
-    recipe, plan = run.recipe, run.recipe.data_plan
-    train, evaluation = load_rows(plan, recipe.data, recipe.catalog, recipe.seed)
-    render(train, recipe.data, run.tokenizer, templates(plan.train, recipe.data))
-    render(evaluation, recipe.data, run.tokenizer, templates(plan.eval or plan.train, recipe.data))
-    return DataSplits(to_dataset(train), to_dataset(evaluation))
+    recipe = run.recipe
+    prepared = splits(recipe.data_plan, recipe.data, recipe.catalog, recipe.seed, run.tokenizer)
+    run.metrics["data"] = prepared.summary  # streamed rows are counted as they are read
+    if prepared.stream is not None:
+        return DataSplits(streaming_dataset(prepared, recipe.data.shuffle_buffer, recipe.seed), to_dataset(prepared.eval))
+    return DataSplits(to_dataset(prepared.train), to_dataset(prepared.eval))
 
 
 @hookimpl(trylast=True)
@@ -150,7 +163,30 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
         metrics["valid_json_rate"] = round(sum(valid_json(text) for _, text in json_rows) / len(json_rows), 4)
     if len(per_task) > 1:
         metrics["task_metric_by_task"] = {t: round(sum(s) / len(s), 4) for t, s in sorted(per_task.items())}
+    metrics.update(_by_source(run, rows, sample, scores))
     return metrics
+
+
+def _by_source(run: Run, rows: list[dict[str, Any]], sample: list[dict[str, Any]], scores: list[float]) -> dict[str, Any]:
+    """Eval loss and task metric of each source of a mixture (rows carry their source's label)."""
+    from ptrain._datamix import SOURCE_FIELD
+    from ptrain._evaluation import completion_loss
+
+    labels = list(dict.fromkeys(r.get(SOURCE_FIELD) for r in rows if r.get(SOURCE_FIELD)))
+    if len(labels) < 2:
+        return {}
+    section, losses, metric = run.recipe.eval, {}, {}
+    for label in labels:
+        mine = [r for r in rows if r.get(SOURCE_FIELD) == label]
+        loss = completion_loss(
+            run.model, run.tokenizer, [r["prompt"] for r in mine], [r["completion"] for r in mine],
+            batch_size=section.batch_size, max_length=run.recipe.train.max_length,
+        )
+        losses[label] = round(loss, 6)
+        mine_scores = [s for r, s in zip(sample, scores, strict=True) if r.get(SOURCE_FIELD) == label]
+        if mine_scores:
+            metric[label] = round(sum(mine_scores) / len(mine_scores), 4)
+    return {"eval_loss_by_source": losses, "task_metric_by_source": metric}
 
 
 @hookimpl(trylast=True)
@@ -163,4 +199,4 @@ def export(run: Run) -> list[str]:
         run.tokenizer.save_pretrained(tmp)
     run.artifacts["model"] = str(target)
     run.metrics.setdefault("final", {})["model_size_mb"] = round(_artifacts.dir_size(target) / 2**20, 3)
-    return [str(target)]
+    return [str(target)]  # its model card is written once every exporter ran

@@ -10,7 +10,9 @@ template for conversations) and handed to the methods as ``datasets.Dataset`` ob
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +76,7 @@ class Catalog:
 
 @dataclass
 class Part:
-    """One place rows come from: the training source, or a separate evaluation source."""
+    """One place rows come from: a source's training rows, or its separate evaluation rows."""
 
     location: str
     key: str
@@ -84,72 +86,131 @@ class Part:
     """None until the rows are read (a hub dataset with ``format = "auto"``)."""
     rows: Rows | None = None
     """Normalised rows, once read."""
+    sample: Rows | None = None
+    """With ``data.streaming``: the first rows, read and checked at validation (never the whole source)."""
+
+
+@dataclass
+class SourcePlan:
+    """One source of the recipe's data (the only one, or one of a ``[[data.sources]]`` mixture)."""
+
+    label: str
+    weight: float
+    section: DataSection
+    """This source's own view of ``[data]`` (its format, columns, templates, eval rows)."""
+    train: Part
+    eval: Part | None
+    """A separate source of evaluation rows (``eval_source`` or the source's own eval split); None: held out."""
 
 
 @dataclass
 class DataPlan:
-    train: Part
-    eval: Part | None
-    """A separate source of evaluation rows (``data.eval_source`` or the source's own eval split); None: held out."""
+    sources: list[SourcePlan]
+    mixed: bool = False
+
+    @property
+    def train(self) -> Part:
+        return self.sources[0].train
+
+    @property
+    def eval(self) -> Part | None:
+        return self.sources[0].eval
 
     @property
     def fields(self) -> frozenset[str] | None:
         """Normalised fields every row will have, or None when only reading the rows can tell."""
-        parts = [p for p in (self.train, self.eval) if p is not None]
+        parts = [p for s in self.sources for p in (s.train, s.eval) if p is not None]
         if any(p.format is None for p in parts):
             return None
         return frozenset.intersection(*(p.format.fields for p in parts))  # type: ignore[union-attr]
 
     @property
     def format_name(self) -> str | None:
-        return self.train.format.name if self.train.format else None
+        names = [s.train.format.name if s.train.format else None for s in self.sources]
+        if None in names:
+            return None
+        return "+".join(dict.fromkeys(names))  # type: ignore[arg-type]
+
+
+STREAM_CHECK_ROWS = 1000
+"""With ``data.streaming``, ``ptrain validate`` reads and checks this many rows of each source."""
 
 
 def plan(section: DataSection, catalog: Catalog, seed: int, read_local: bool = True) -> DataPlan:
-    """Match sources and formats to the ``[data]`` section; with ``read_local``, read local rows and normalise every one."""
-    train = _part(section.source, "data.source", "train", section, catalog, seed, read_local)
-    evaluation = None
-    if section.eval_source:
-        evaluation = _part(section.eval_source, "data.eval_source", "eval", section, catalog, seed, read_local)
-    elif train.source.serves_eval and section.eval_size > 0:
-        evaluation = _part(section.source, "data.source", "eval", section, catalog, seed, read_local)
-    return DataPlan(train, evaluation)
+    """Match sources and formats to the ``[data]`` section; with ``read_local``, read local rows and normalise
+    every one (with ``streaming``, the first :data:`STREAM_CHECK_ROWS`)."""
+    sources = []
+    for label, weight, prefix, view in section.views():
+        source = view.source or ""
+        train = _part(source, prefix, "train", view, catalog, seed, read_local)
+        evaluation = None
+        if view.eval_source:
+            evaluation = _part(view.eval_source, prefix, "eval", view, catalog, seed, read_local)
+        elif train.source.serves_eval and view.eval_size > 0:
+            evaluation = _part(source, prefix, "eval", view, catalog, seed, read_local)
+        sources.append(SourcePlan(label, weight, view, train, evaluation))
+    return DataPlan(sources, mixed=bool(section.sources))
 
 
-def _part(location: str, key: str, role: str, section: DataSection, catalog: Catalog, seed: int, read_local: bool) -> Part:
+def _part(location: str, prefix: str, role: str, section: DataSection, catalog: Catalog, seed: int, read_local: bool) -> Part:
+    key = f"{prefix}.eval_source" if role == "eval" and section.eval_source else f"{prefix}.source"
     source = catalog.source_for(location, key)
     fmt: DataFormat | None = None
     if section.format != "auto":
-        fmt = catalog.format(section.format)
+        fmt = catalog.format(section.format, f"{prefix}.format")
         if source.format and source.format != fmt.name:
-            raise RecipeError(f"{location} has rows in format {source.format!r}, not {fmt.name!r}; remove data.format", key="data.format")
+            raise RecipeError(f"{location} has rows in format {source.format!r}, not {fmt.name!r}; remove {prefix}.format", key=f"{prefix}.format")
     elif source.format:
         fmt = catalog.format(source.format)
     part = Part(location, key, role, source, fmt)
     if read_local and source.local:
-        read(part, section, catalog, seed)
+        streamed = section.streaming and role == "train" and source.stream is not None
+        read(part, section, catalog, seed, limit=STREAM_CHECK_ROWS if streamed else None)
     return part
 
 
-def read(part: Part, section: DataSection, catalog: Catalog, seed: int) -> Rows:
-    """Read and normalise every row of ``part`` (once); the first bad row raises a DataError naming it."""
-    if part.rows is not None:
+def request_for(part: Part, section: DataSection, seed: int) -> DataRequest:
+    return DataRequest(part.location, part.key, part.role, section.split, seed, section)  # type: ignore[arg-type]
+
+
+def read(part: Part, section: DataSection, catalog: Catalog, seed: int, limit: int | None = None) -> Rows:
+    """Read and normalise every row of ``part`` (once), or with ``limit`` its first rows (kept as
+    ``part.sample``); the first bad row raises a DataError naming it."""
+    if limit is None and part.rows is not None:
         return part.rows
-    request = DataRequest(part.location, part.key, part.role, section.split, seed, section)  # type: ignore[arg-type]
-    raw = part.source.read(request)
+    if limit is not None and part.sample is not None:
+        return part.sample
+    request = request_for(part, section, seed)
+    if limit is not None and part.source.stream is not None:
+        raw = list(itertools.islice(part.source.stream(request), limit))
+    else:
+        raw = part.source.read(request)
+        raw = raw[:limit] if limit is not None else raw
     if not raw:
         raise DataError(f"{part.key} = {part.location!r}: no rows")
+    normalise = normaliser(part, section, catalog, raw[0])
+    rows = [normalise(where, row) for where, row in raw]
+    if limit is None:
+        part.rows = rows
+    else:
+        part.sample = rows
+    return rows
+
+
+def normaliser(part: Part, section: DataSection, catalog: Catalog, first: tuple[str, dict[str, Any]]) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    """The function turning one raw row of ``part`` into normalised fields: ``data.columns`` renames,
+    the format (told from ``first`` when not known yet) normalises, and every field it promises is checked."""
     mapping = {v: k for k, v in section.columns.items()}  # source column -> the format's name
-    first_where, first = raw[0]
-    missing = [v for v in section.columns.values() if v not in first]
+    first_where, first_row = first
+    missing = [v for v in section.columns.values() if v not in first_row]
     if missing:
-        raise DataError(f"{first_where}: data.columns maps column(s) {missing} that the data does not have; columns: {sorted(first)}")
-    renamed = [(where, {mapping.get(k, k): v for k, v in row.items()}) for where, row in raw]
+        raise DataError(f"{first_where}: data.columns maps column(s) {missing} that the data does not have; columns: {sorted(first_row)}")
     if part.format is None:
-        part.format = catalog.detect(set(renamed[0][1]), renamed[0][0])
+        part.format = catalog.detect({mapping.get(k, k) for k in first_row}, first_where)
     fmt = part.format
-    rows = []
-    for where, row in renamed:
+
+    def normalise(where: str, raw: dict[str, Any]) -> dict[str, Any]:
+        row = {mapping.get(k, k): v for k, v in raw.items()}
         absent = [c for c in fmt.columns if c not in row]
         if absent:
             raise DataError(f"{where}: format {fmt.name!r} needs column(s) {absent}; found {sorted(row)}; map yours with data.columns")
@@ -164,9 +225,9 @@ def read(part: Part, section: DataSection, catalog: Catalog, seed: int) -> Rows:
             if normalised.get(name) in (None, "", []):
                 raise DataError(f"{where}: format {fmt.name!r} gave no {name!r} for this row; fix or remove the row")
         normalised.setdefault("task", str(row.get("task") or ""))
-        rows.append(normalised)
-    part.rows = rows
-    return rows
+        return normalised
+
+    return normalise
 
 
 def _text_size(row: dict[str, Any]) -> int:
@@ -179,11 +240,13 @@ def _text_size(row: dict[str, Any]) -> int:
     return size
 
 
-def load_rows(data: DataPlan, section: DataSection, catalog: Catalog, seed: int) -> tuple[Rows, Rows]:
-    """Train and eval rows, normalised (not yet rendered)."""
-    train = [dict(r) for r in read(data.train, section, catalog, seed)]
-    if data.eval is not None:
-        evaluation = [dict(r) for r in read(data.eval, section, catalog, seed)]
+def source_rows(source: SourcePlan, catalog: Catalog, seed: int) -> tuple[Rows, Rows]:
+    """One source's train and eval rows, normalised (not yet rendered): its own eval rows, or
+    ``eval_size`` rows held out of a seeded shuffle of its training rows."""
+    section = source.section
+    train = [dict(r) for r in read(source.train, section, catalog, seed)]
+    if source.eval is not None:
+        evaluation = [dict(r) for r in read(source.eval, section, catalog, seed)]
     else:
         if section.eval_size >= len(train):
             raise DataError(
@@ -192,6 +255,12 @@ def load_rows(data: DataPlan, section: DataSection, catalog: Catalog, seed: int)
             )
         random.Random(seed).shuffle(train)
         evaluation, train = train[: section.eval_size], train[section.eval_size :]
+    return train, evaluation
+
+
+def load_rows(data: DataPlan, section: DataSection, catalog: Catalog, seed: int) -> tuple[Rows, Rows]:
+    """Train and eval rows of a single-source plan, normalised (not yet rendered)."""
+    train, evaluation = source_rows(data.sources[0], catalog, seed)
     if section.max_train is not None:
         train = train[: section.max_train]
     return train, evaluation
@@ -248,7 +317,6 @@ def to_dataset(rows: Rows) -> Any:
     return datasets.Dataset.from_list(table)
 
 
-
 def core_catalog() -> Catalog:
     """The core's formats and sources alone (what every recipe has)."""
     from ptrain._formats import CORE_FORMATS
@@ -258,13 +326,3 @@ def core_catalog() -> Catalog:
     catalog.add_formats("core", CORE_FORMATS)
     catalog.add_sources("core", CORE_SOURCES)
     return catalog
-
-
-def rendered_rows(section: DataSection, seed: int, tokenizer: Any = None, catalog: Catalog | None = None) -> tuple[Rows, Rows]:
-    """The whole data path on one ``[data]`` section: plan, read, split and render (train, eval)."""
-    catalog = catalog or core_catalog()
-    data = plan(section, catalog, seed)
-    train, evaluation = load_rows(data, section, catalog, seed)
-    render(train, section, tokenizer, templates(data.train, section))
-    render(evaluation, section, tokenizer, templates(data.eval or data.train, section))
-    return train, evaluation

@@ -11,18 +11,20 @@ import subprocess
 import sys
 import time
 import tomllib
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ptrain import _artifacts
 from ptrain._bnb import keep_off_packed_path
+from ptrain._cards import write_missing_cards
 from ptrain._errors import ProcessLost, RunInterrupted, UsageError
 from ptrain._memory import measure_memory, memory_in_use_mb
+from ptrain._quiet import quiet_libraries
 from ptrain._recipe import Recipe
 from ptrain._redact import RedactingFilter, redact_argv, redact_toml
 from ptrain._run import Run
 from ptrain._rundir import RunDirectory
+from ptrain._tracking import start_tracking
 
 log = logging.getLogger("ptrain")
 STAGES = ("base", "final")
@@ -159,16 +161,28 @@ def execute(
             _stages(run)
         except (UsageError, RunInterrupted, ProcessLost) as err:
             log.debug("%s", err)  # the CLI shows it
+            _end_tracking(run)
             _detach_log_file(handler)
             raise
         except BaseException as err:
             # the traceback goes to run.log only; the terminal gets one line from the CLI
             log.debug("run failed", exc_info=True)
+            _end_tracking(run)
             _detach_log_file(handler)
             err.ptrain_run_log = str(target / "run.log")  # type: ignore[attr-defined]
             raise
         _detach_log_file(handler)
     return run
+
+
+def _end_tracking(run: Run) -> None:
+    """Close trackers still open: the run stopped before its metrics were final."""
+    if run._core.tracking is not None:
+        try:
+            run._core.tracking.end(failed=True)
+        except Exception:  # a tracker's own failure must not hide the run's
+            log.debug("closing the trackers failed", exc_info=True)
+        run._core.tracking = None
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -223,22 +237,9 @@ def check_resumable(recipe: Recipe, target: Path) -> None:
 
 
 def _stages(run: Run) -> None:
-    # torchao, imported by transformers when installed, warns about its CUDA-only kernels on a CPU
-    # build and registers enums the way torch 2.13 deprecates: noise for a ptrain user
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    import datasets
+    quiet_libraries()
     from transformers import set_seed
-    from transformers.utils import logging as hf_logging
 
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    # peft and trl read an attribute transformers 5 deprecates: library noise, nothing the user can change
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    # bitsandbytes logs "inputs will be cast to float16" on every INT8 matmul (LLM.int8 computes in
-    # float16 by design): hundreds of identical lines per evaluation
-    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
-    hf_logging.set_verbosity_warning()
     recipe = run.recipe
     hook = recipe.plugins.hook
     if run.is_main_process:
@@ -254,7 +255,8 @@ def _stages(run: Run) -> None:
         keep_off_packed_path(run.model, training=True)  # a repacked 4-bit layer has no backward
     with _status(run, "preparing data"):
         run.train_dataset, run.eval_dataset = hook.prepare_data(run=run)
-    log.info("data: %d train rows, %d eval rows", len(run.train_dataset), len(run.eval_dataset))
+    train_rows = len(run.train_dataset) if hasattr(run.train_dataset, "__len__") else "streamed"
+    log.info("data: %s train rows, %d eval rows", train_rows, len(run.eval_dataset))
 
     if recipe.eval.base and run.is_main_process:
         _evaluate(run, "base")
@@ -270,6 +272,7 @@ def _stages(run: Run) -> None:
         run.trainer = hook.build_trainer(run=run)
     if run.trainer is not None:
         _apply_setup(run)
+        run._core.tracking = start_tracking(run)
         _train(run)
     else:
         log.info("no method in %s builds a trainer: skipping training", recipe.methods)
@@ -282,18 +285,27 @@ def _stages(run: Run) -> None:
     with _status(run, "exporting"):
         written = [p for paths in hook.export(run=run) for p in (paths or [])]
     run.metrics["artifacts"] = sorted({str(p) for p in written})
+    write_missing_cards(run)  # a model directory its exporter gave no card gets the core's
     run.metrics["run"]["wall_time_s"] = round(time.perf_counter() - started, 2)
     run.metrics["report"] = [dataclasses.asdict(row) for row in report_rows(recipe)]
     _artifacts.write_json(run.dir / "metrics.json", run.metrics)
+    if run._core.tracking is not None:
+        run._core.tracking.end()
+        run._core.tracking = None
+    if recipe.output.report:
+        from ptrain._html import write_run_report
+
+        try:
+            write_run_report(run.dir)
+        except Exception as err:  # the run is done and saved; a report it could not draw is no reason to fail it
+            log.warning("report.html not written: %s: %s", type(err).__name__, err)
 
 
 def report_rows(recipe: Recipe) -> list[Any]:
     """The rows the core and the recipe's plugins want reported, without duplicates."""
-    seen: dict[tuple[str, str], Any] = {}
-    for rows in recipe.plugins.collect_by_plugin("report_rows").values():
-        for row in rows:
-            seen.setdefault((row.label, row.key), row)
-    return list(seen.values())
+    from ptrain._report import declared_rows
+
+    return declared_rows(recipe)
 
 
 def _apply_setup(run: Run) -> None:

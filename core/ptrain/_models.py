@@ -347,7 +347,12 @@ class _hub_errors:
         if err is None or not isinstance(err, (OSError, ValueError)) or isinstance(err, UsageError):
             return False
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "safetensors" in str(err).lower():
+        if "trust_remote_code" in str(err):
+            hint = (
+                "this model runs code of its own, which ptrain does not run by default; set model.trust_remote_code = true "
+                "(ptrain chat: --trust-remote-code) only if you trust its source"
+            )
+        elif "safetensors" in str(err).lower():
             hint = "ptrain loads only safetensors weights (pickled .bin/.pt files can run code); convert them to model.safetensors first"
         elif os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(err).lower():
             hint = (

@@ -94,6 +94,15 @@ def _rows_of(run: RunSummary) -> list[ReportRow]:
     return []
 
 
+def declared_rows(recipe: Any) -> list[ReportRow]:
+    """The rows the core and a recipe's plugins declare (``report_rows``), without duplicates."""
+    seen: dict[tuple[str, str], ReportRow] = {}
+    for rows in recipe.plugins.collect_by_plugin("report_rows").values():
+        for row in rows:
+            seen.setdefault((row.label, row.key), row)
+    return list(seen.values())
+
+
 def report_rows(runs: list[RunSummary]) -> list[ReportRow]:
     """Every run's rows, in first-seen order, without duplicates."""
     seen: dict[tuple[str, str], ReportRow] = {}
@@ -179,6 +188,19 @@ def _number(value: Any) -> float | None:
 def chart(runs: list[RunSummary], rows: list[ReportRow], path: Path) -> Path:
     """A PNG: the quality panel (every row declared ``chart="quality"``), then one panel per
     ``chart="panel"`` row that any run has."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(runs, rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(partial)
+    plt.close(fig)
+    os.replace(partial, path)
+    return path
+
+
+def chart_figure(runs: list[RunSummary], rows: list[ReportRow]) -> Any:
+    """The figure of :func:`chart` (matplotlib, headless), for a PNG file or an HTML report."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,12 +235,7 @@ def chart(runs: list[RunSummary], rows: list[ReportRow], path: Path) -> Path:
         axis.set_title(row.label, fontsize=9)
         axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(partial)
-    plt.close(fig)
-    os.replace(partial, path)
-    return path
+    return fig
 
 
 def _unique_labels(runs: list[RunSummary]) -> None:

@@ -30,6 +30,8 @@ class CoreState:
     """What each method contributed through ``training_setup``, in recipe order."""
     skeleton: Any = None
     """Rank 0's weightless copy of the model before sharded (FSDP) training, filled again after it."""
+    tracking: Any = None
+    """The experiment trackers this run opened (``train.report_to``), until they are closed."""
 
 
 @dataclass

@@ -6,6 +6,7 @@ default = what an omitted key means.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import string
@@ -78,13 +79,57 @@ class ModelSection:
 
 
 @dataclass
+class SourceSection:
+    """``[[data.sources]]``: one source of a weighted mixture, with its own format and columns."""
+
+    source: str
+    """As ``data.source``: a local file, a hub dataset ID, ``builtin:tasks``, or a plugin's source."""
+    weight: float = 1.0
+    """Share of the training mix: rows are drawn from each source with probability weight / sum of weights."""
+    name: str | None = None
+    """Label in ``metrics.json`` and the per-source metrics; default: the file's stem or the source's name."""
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    split: str = "train"
+    eval_source: str | None = None
+    eval_size: int | None = None
+    """Held-out rows of this source; default ``data.eval_size``."""
+    template: str | None = None
+    template_no_input: str | None = None
+
+    def validate(self) -> None:
+        if not self.weight > 0:
+            raise RecipeError("must be > 0 (a source's share of the mix, relative to the others)", key="weight")
+        if self.eval_size is not None and self.eval_size < 0:
+            raise RecipeError("must be >= 0", key="eval_size")
+        if self.template is not None:
+            check_template(self.template, "template", ("instruction", "input"), ("instruction", "input"))
+        if self.template_no_input is not None:
+            check_template(self.template_no_input, "template_no_input", ("instruction",), ("instruction",))
+
+
+def source_label(location: str) -> str:
+    """A short label for a data source: a file's stem, a hub dataset's name, ``tasks`` for ``builtin:tasks``."""
+    tail = location.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].removeprefix("builtin:")
+    for suffix in (".jsonl", ".json", ".csv", ".parquet"):
+        tail = tail.removesuffix(suffix)
+    return tail or location
+
+
+@dataclass
 class DataSection:
     """``[data]``: what to train and evaluate on."""
 
-    source: str
+    source: str | None = None
     """A local ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a hub dataset ID, ``builtin:tasks``,
     ``builtin:preferences`` (the same tasks as preference pairs: chosen = the correct answer,
-    rejected = a plausible wrong one), or a source a plugin registers."""
+    rejected = a plausible wrong one), or a source a plugin registers. Or give ``sources``."""
+    sources: list[SourceSection] = field(default_factory=list)
+    """A weighted mixture instead of ``source``: ``[[data.sources]]`` tables, each with ``source``,
+    ``weight`` and optionally its own ``format``, ``columns``, ``eval_source``, ``eval_size``,
+    templates and ``name``. Training rows are drawn from the sources by weight, reproducibly by
+    ``seed``, until the first source runs out (no row repeats); each source holds out its own
+    evaluation rows, and metrics are reported per source."""
     format: str = "auto"
     """``auto`` (told from the columns), or a registered format: ``prompt_completion``, ``alpaca``,
     ``dolly``, ``messages``, ``preference`` (``prompt``, ``chosen``, ``rejected``), ``unpaired``
@@ -104,6 +149,15 @@ class DataSection:
     chat: bool = False
     """Render prompts with the tokenizer's chat template (one user turn: instruction, then input),
     as instruct models expect; templates are then not used."""
+    dedup: bool = False
+    """Drop exact duplicate training rows (same normalised fields), and training rows that repeat an
+    evaluation row; the counts land in ``metrics.json`` (``data``)."""
+    streaming: bool = False
+    """Read training rows one at a time instead of loading the source: for files larger than memory.
+    Needs ``train.max_steps``; ``ptrain validate`` checks the first rows only, and the first
+    ``eval_size`` rows of each source are held out (shuffle the file beforehand if it is ordered)."""
+    shuffle_buffer: int = 1000
+    """With ``streaming``: rows are shuffled within a buffer of this many (1: file order)."""
     # builtin:tasks / builtin:preferences generator options
     tasks: list[str] = field(default_factory=lambda: ["arithmetic", "reverse", "uppercase"])
     num_examples: int = 2000
@@ -114,6 +168,19 @@ class DataSection:
     def validate(self) -> None:
         from ptrain._tasks import TASKS
 
+        if self.source is None and not self.sources:
+            raise RecipeError('needs a source, e.g. source = "data/train.jsonl" (or [[data.sources]] tables for a mixture)', key="source")
+        if self.source is not None and self.sources:
+            raise RecipeError("give either source or [[data.sources]], not both", key="sources")
+        if self.sources:
+            per_source = {"format": "auto", "columns": {}, "split": "train", "eval_source": None, "template": None, "template_no_input": None}
+            for key, default in per_source.items():
+                if getattr(self, key) != default:
+                    raise RecipeError(f"with [[data.sources]], set {key} in each source's table", key=key)
+            labels = [s.name or source_label(s.source) for s in self.sources]
+            repeated = next((label for label in labels if labels.count(label) > 1), None)
+            if repeated:
+                raise RecipeError(f"two sources are labelled {repeated!r}; give them different names (name = ...)", key="sources")
         for i, task in enumerate(self.tasks):
             if task not in TASKS:
                 close = difflib.get_close_matches(task, list(TASKS), n=1)
@@ -125,10 +192,26 @@ class DataSection:
         check_range(self, "num_examples", 1, 10_000_000, "the bundled generator makes at most 10 million rows")
         check_range(self, "max_train", 1, 10**12, "leave it out to train on every row")
         check_range(self, "max_row_chars", 100, 10**9)
+        check_range(self, "shuffle_buffer", 1, 10_000_000, "1 keeps the file's order")
         if self.template is not None:
             check_template(self.template, "template", ("instruction", "input"), ("instruction", "input"))
         if self.template_no_input is not None:
             check_template(self.template_no_input, "template_no_input", ("instruction",), ("instruction",))
+
+    def views(self) -> list[tuple[str, float, str, DataSection]]:
+        """``(label, weight, key prefix, section)`` per source: each source's own view of ``[data]``
+        (one for a single source, the section itself)."""
+        if not self.sources:
+            return [(source_label(self.source or ""), 1.0, "data", self)]
+        views = []
+        for i, entry in enumerate(self.sources):
+            view = dataclasses.replace(
+                self, source=entry.source, sources=[], format=entry.format, columns=dict(entry.columns), split=entry.split,
+                eval_source=entry.eval_source, eval_size=self.eval_size if entry.eval_size is None else entry.eval_size,
+                template=entry.template, template_no_input=entry.template_no_input, max_train=None,
+            )
+            views.append((entry.name or source_label(entry.source), entry.weight, f"data.sources[{i}]", view))
+        return views
 
 
 @dataclass
@@ -214,6 +297,8 @@ class OutputSection:
     overwrite: bool = False
     save_model: bool = True
     plots: bool = True
+    report: bool = True
+    """Write ``report.html``: the run's metrics, curves, chart, held-out samples, environment and recipe in one file."""
     resume: bool = False
     """Continue from the latest checkpoint when the run directory has one, as ``--resume`` does."""
 

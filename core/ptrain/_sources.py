@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,7 @@ from ptrain._types import DataRequest, DataSource
 Rows = list[tuple[str, dict[str, Any]]]
 
 
-def read_local(request: DataRequest) -> Rows:
-    """``[(where, row)]`` of a local .jsonl/.json/.csv/.parquet file; ``where`` is e.g. ``data.jsonl: line 7``."""
+def _local_path(request: DataRequest) -> Path:
     path = _paths.expand(request.location)
     try:
         found = path is not None and path.is_file()
@@ -25,11 +25,25 @@ def read_local(request: DataRequest) -> Rows:
         found = False
     if not found:
         raise RecipeError(f"data file {request.location!r} not found (relative paths are read from {Path.cwd()}); check the path", key=request.key)
-    return _read_file(path)
+    return path  # type: ignore[return-value]
 
 
-def _read_file(path: Path) -> Rows:
-    rows: Rows = []
+def read_local(request: DataRequest) -> Rows:
+    """``[(where, row)]`` of a local .jsonl/.json/.csv/.parquet file; ``where`` is e.g. ``data.jsonl: line 7``."""
+    path = _local_path(request)
+    rows = list(_iter_file(path))
+    if not rows:
+        raise DataError(f"{path}: no rows; the file is empty")
+    return rows
+
+
+def stream_local(request: DataRequest) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The rows of a local file one at a time: .jsonl and .csv line by line, .parquet by record batch
+    (a .json array is parsed whole)."""
+    return _iter_file(_local_path(request))
+
+
+def _iter_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
         if path.suffix == ".jsonl":
             with path.open(encoding="utf-8") as handle:
@@ -46,7 +60,7 @@ def _read_file(path: Path) -> Rows:
                         raise DataError(f"{path}: line {number}: nested too deeply to read; fix or remove the line") from None
                     if not isinstance(row, dict):  # report problems in file order
                         raise DataError(f"{path}: line {number}: expected an object with named fields, got {type(row).__name__}")
-                    rows.append((f"{path}: line {number}", row))
+                    yield f"{path}: line {number}", row
         elif path.suffix == ".json":
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -58,7 +72,10 @@ def _read_file(path: Path) -> Rows:
                 data = data["data"]
             if not isinstance(data, list):
                 raise DataError(f"{path}: expected a JSON array of rows (or {{\"data\": [...]}}), got {type(data).__name__}")
-            rows = [(f"{path}: row {i}", row) for i, row in enumerate(data, 1)]
+            for i, row in enumerate(data, 1):
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: row {i}: expected an object with named fields, got {type(row).__name__}")
+                yield f"{path}: row {i}", row
         elif path.suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as handle:
                 reader = csv.DictReader(handle)
@@ -67,17 +84,23 @@ def _read_file(path: Path) -> Rows:
                         where = f"{path}: line {reader.line_num}"
                         if None in row:
                             raise DataError(f"{where}: more fields than the header has columns; quote fields that contain commas")
-                        rows.append((where, dict(row)))
+                        yield where, dict(row)
                 except csv.Error as err:
                     raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({err})") from None
         elif path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
             try:
-                table = pq.read_table(path)
+                batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+                number = 0
+                for batch in batches:
+                    for row in batch.to_pylist():
+                        number += 1
+                        yield f"{path}: row {number}", row
             except Exception as err:  # pyarrow raises its own types for every kind of broken file
+                if isinstance(err, DataError):
+                    raise
                 raise DataError(f"{path}: not a readable parquet file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-            rows = [(f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist(), 1)]
         else:
             raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_paths.DATA_SUFFIXES)}")
     except UnicodeDecodeError as err:
@@ -88,12 +111,6 @@ def _read_file(path: Path) -> Rows:
         raise DataError(f"{path}: is a directory; name a data file") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
-    for where, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object with named fields, got {type(row).__name__}")
-    if not rows:
-        raise DataError(f"{path}: no rows; the file is empty")
-    return rows
 
 
 def read_hub(request: DataRequest) -> Rows:
@@ -108,6 +125,17 @@ def read_hub(request: DataRequest) -> Rows:
             "check the path, or download the dataset where the hub is reachable and point it at a local file"
         ) from None
     return [(f"{request.location}[{request.split}]: row {i}", row) for i, row in enumerate(dataset, 1)]
+
+
+def stream_hub(request: DataRequest) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(request.location, split=request.split, streaming=True)
+    except Exception as err:  # datasets raises many types for "not found" and "offline"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{request.key} = {request.location!r}: cannot stream it from the hub ({first})") from None
+    return ((f"{request.location}[{request.split}]: row {i}", row) for i, row in enumerate(dataset, 1))
 
 
 def _tasks(request: DataRequest) -> list[dict[str, Any]]:
@@ -133,7 +161,7 @@ def read_preferences(request: DataRequest) -> Rows:
 
 
 CORE_SOURCES = [
-    DataSource("local file", _paths.is_local, read_local, local=True,
+    DataSource("local file", _paths.is_local, read_local, local=True, stream=stream_local,
                description="a .jsonl, .json, .csv or .parquet file on this machine"),
     DataSource("builtin:tasks", lambda name: name == "builtin:tasks", read_tasks, local=True, format="alpaca", serves_eval=True,
                description="bundled tasks with checkable answers (arithmetic, reverse, uppercase, avro)",
@@ -141,6 +169,6 @@ CORE_SOURCES = [
     DataSource("builtin:preferences", lambda name: name == "builtin:preferences", read_preferences, local=True,
                format="preference", serves_eval=True, description="the bundled tasks as preference pairs",
                template=(ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT)),
-    DataSource("hub", lambda name: not name.startswith(_paths.BUILTIN) and not _paths.is_local(name), read_hub,
+    DataSource("hub", lambda name: not name.startswith(_paths.BUILTIN) and not _paths.is_local(name), read_hub, stream=stream_hub,
                description="a Hugging Face Hub dataset ID (data.split picks the split)"),
 ]

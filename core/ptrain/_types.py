@@ -6,7 +6,7 @@ every other module (and every plugin) can depend on this one. Re-exported by ``p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -82,8 +82,10 @@ class DataSource:
     """Where rows come from, registered through the ``data_sources`` hook.
 
     ``read(request)`` returns ``[(where, row)]``: each raw row (a dict) with a short text naming
-    it for errors (``"chats.jsonl: line 7"``). The first source whose ``matches(location)`` is true
-    reads a ``data.source`` value; methods' sources are asked before the core's.
+    it for errors (``"chats.jsonl: line 7"``); ``stream(request)``, if given, yields the same rows
+    one at a time for ``data.streaming``. The first source whose ``matches(location)`` is true
+    reads a ``data.source`` value (or each ``[[data.sources]]`` entry's); methods' sources are
+    asked before the core's.
     """
 
     name: str
@@ -98,6 +100,11 @@ class DataSource:
     description: str = ""
     template: tuple[str, str] | None = None
     """Prompt templates its rows are meant for (before the format's); ``data.template`` overrides both."""
+    stream: Callable[[DataRequest], Iterator[tuple[str, dict[str, Any]]]] | None = None
+    """Rows one at a time, ``(where, row)`` as ``read`` gives them, without holding the whole source in
+    memory: used when the recipe sets ``data.streaming = true`` (the trainer then reads rows as it
+    trains, and ``ptrain validate`` checks only the first ones). None: ``read`` is used even then,
+    and the whole source is held in memory."""
 
 
 @dataclass(frozen=True)

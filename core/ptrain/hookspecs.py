@@ -106,10 +106,13 @@ def data_sources() -> list[DataSource]:
     """Places rows can come from (``data.source = "..."``).
 
     :return: :class:`ptrain.DataSource` objects. The core's: local ``.jsonl``/``.json``/``.csv``/
-        ``.parquet`` files, ``builtin:tasks``, ``builtin:preferences``, and hub datasets.
+        ``.parquet`` files, ``builtin:tasks``, ``builtin:preferences``, and hub datasets. A source
+        that can read rows one at a time gives ``stream`` as well as ``read``: with
+        ``data.streaming = true`` the trainer then reads its rows as it trains (without ``stream``,
+        ``read`` is used and the rows are held in memory).
 
     Result rule: all results are collected; the first source (recipe order, the core's last) whose
-    ``matches`` accepts the value reads it.
+    ``matches`` accepts the value reads it (``data.source``, or each ``[[data.sources]]`` entry of a mixture).
     """
 
 
@@ -160,7 +163,10 @@ def prepare_data(run: Run) -> DataSplits | None:
     :param run: the current run; ``run.tokenizer`` is already loaded.
     :return: a :class:`ptrain.DataSplits` ``(train, eval)`` of ``datasets.Dataset`` with the
         normalised fields (see :class:`ptrain.DataFormat`) plus ``prompt`` and ``completion``, the
-        rendered text the trainer sees.
+        rendered text the trainer sees, and ``source`` (the source's label) when the recipe mixes
+        several. With ``data.streaming = true`` the core's ``train`` is a ``datasets.IterableDataset``
+        (no length, read as training goes): a wrapper that needs every row in memory rejects
+        streaming in ``validate_recipe``.
 
     Result rule: stops at the first non-None result; the core's loader runs last. Methods that
     transform data implement this hook with ``wrapper=True``.

@@ -38,6 +38,7 @@ from ptrain import (
     dir_size,
     hookimpl,
     load_pretrained,
+    write_model_card,
 )
 
 ALL_LINEAR = "all-linear"
@@ -360,6 +361,7 @@ class AdapterMethod:
         final = run.metrics.setdefault("final", {})
         final["adapter_size_mb"] = round(dir_size(adapter) / 2**20, 3)
         final["adapter_weights_mb"] = round(sum(f.stat().st_size for f in adapter.glob("*.safetensors")) / 2**20, 4)
+        write_model_card(run, adapter)
         written = [str(adapter)]
         if self.merges(section):
             target = run.dir / "model"
@@ -370,6 +372,7 @@ class AdapterMethod:
                 del model
             run.artifacts["model"] = str(target)
             final["model_size_mb"] = round(dir_size(target) / 2**20, 3)
+            write_model_card(run, target)
             written.append(str(target))
         else:
             if self.prompt_learning:

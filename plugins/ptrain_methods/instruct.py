@@ -210,6 +210,8 @@ def recipe_sections() -> dict[str, type]:
 
 @hookimpl
 def validate_recipe(recipe: Recipe) -> None:
+    if recipe.data.streaming:
+        raise RecipeError("instruct re-renders every training row in memory, and data.streaming reads them one at a time; remove data.streaming (or instruct)", key="data.streaming")
     fields = recipe.data_fields
     if fields is not None and "instruction" not in fields:
         raise RecipeError(

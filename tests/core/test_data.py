@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ptrain._data import rendered_rows as load_rows
+from ptrain._datamix import rendered_rows as load_rows
 from ptrain._errors import DataError
 from ptrain._sections import DataSection
 from ptrain._tasks import TASKS, generate, preference_pairs

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ptrain._data import rendered_rows as load_rows
+from ptrain._datamix import rendered_rows as load_rows
 from ptrain._errors import DataError, RecipeError
 from ptrain._recipe import load_recipe_dict
 from ptrain._sections import DataSection

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import RECIPES
+from conftest import RECIPES, assert_model_card
 from ptrain import RecipeError
 from ptrain._recipe import load_recipe
 
@@ -95,6 +95,8 @@ def test_cross_tokenizer_twin_beats_the_labeled_only_baseline(run_recipe, traine
     assert report["quality_ratio"] == pytest.approx(report["student"]["task_metric"] / report["teacher"]["task_metric"], abs=1e-3)
 
     assert (run.dir / "distill" / CACHE).is_file()
+    card = assert_model_card(run.dir / "model", "builtin:tiny-gpt2")  # the student's card shows the teacher's column
+    assert "teacher" in card and "student / teacher task metric" in card
 
 
 def test_teacher_answers_are_cached_and_resumed(tmp_path, caplog):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import RECIPES
+from conftest import RECIPES, assert_model_card
 from ptrain._errors import RecipeError
 from ptrain._recipe import load_recipe, load_recipe_dict
 
@@ -103,6 +103,8 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
     assert tokenizer.chat_template
     assert _generations(merged, tokenizer, run) == in_memory
     assert run.artifacts == {"adapter": str(adapter_dir), "model": str(run.dir / "model")}
+    for exported in (adapter_dir, run.dir / "model"):  # both carry a model card naming the base and the metrics
+        assert "LoRA trainable share" in assert_model_card(exported, str(base_dir))
     assert not (run.dir / "model" / "adapter_config.json").exists()
     assert merged.dtype == torch.float32
     # measured over seeds 42, 0, 1 on an AVX512-BF16 CPU (bench/seed_margins/README.md, lora_chat): base 0.0 ->
@@ -148,3 +150,5 @@ def test_qlora_trains_on_4bit_base_and_merged_export_reloads(run_recipe, monkeyp
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
     texts = _generations(merged, AutoTokenizer.from_pretrained(run.dir / "model"), run)
     assert len(texts) == run.recipe.eval.max_samples
+    for exported in (run.dir / "adapter", run.dir / "model"):
+        assert "- **qlora**: quant_type = nf4" in assert_model_card(exported, "builtin:tiny-llama")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import RECIPES
+from conftest import RECIPES, assert_model_card
 from ptrain._errors import RecipeError, UsageError
 from ptrain._recipe import load_recipe, load_recipe_dict
 
@@ -104,6 +104,19 @@ def test_int8_and_nf4_of_a_trained_model(trained_tiny_llama, run_recipe):
         assert row["perplexity"] < 1.25 * reference["perplexity"]
         assert row["task_metric"] >= reference["task_metric"] - 0.2
         assert row["disk_mb"] < reference["disk_mb"] and row["generation_tokens_per_s"] > 0
+    for variant in ("int8", "nf4"):  # each export's card says its format and its measured quality change
+        card = assert_model_card(run.dir / "quantized" / variant, str(trained))
+        assert f"Variant `{variant}`" in card and f"perplexity {rows[variant]['perplexity_increase_pct']:+.2f} %" in card
+    # ptrain chat answers with a quantized export, and a variant the run did not make is a one-line error
+    from click.testing import CliRunner
+
+    from ptrain._cli import cli
+
+    asked = CliRunner().invoke(cli, ["chat", str(run.dir), "--variant", "nf4", "--prompt", "Reverse the words.", "--json", "--max-new-tokens", "8"])
+    assert asked.exit_code == 0, asked.output
+    assert json.loads(asked.output.strip().splitlines()[-1])["model"] == f"{run.dir}/quantized/nf4"
+    missing = CliRunner().invoke(cli, ["chat", str(run.dir), "--variant", "fp4", "--prompt", "hi"])
+    assert missing.exit_code == 2 and "its variants: int8, nf4" in missing.output
     assert abs(rows["int8"]["perplexity_increase_pct"]) < 5
     assert rows["nf4"]["footprint_ratio"] < 0.40
     assert rows["nf4"]["footprint_ratio"] < rows["int8"]["footprint_ratio"] < 0.5

@@ -6,6 +6,7 @@ import tomllib
 import pytest
 from click.testing import CliRunner
 
+from conftest import assert_model_card
 from ptrain._cli import cli
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,8 @@ def test_run_directory_contents(trained_tiny_llama):
     assert {"prompt", "reference", "generation", "base_generation"} <= set(samples[0])
     assert (run_dir / "model" / "model.safetensors").is_file()
     assert not list((run_dir / "model").glob("*.bin"))
+    assert "task metric (base → final)" in assert_model_card(run_dir / "model", "builtin:tiny-llama")
+    assert (run_dir / "report.html").is_file()
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

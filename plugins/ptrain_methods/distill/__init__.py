@@ -97,6 +97,8 @@ def validate_recipe(recipe: Recipe) -> None:
             "with backend = 'fsdp' set baseline = false (or use backend = 'ddp')",
             key="distill.baseline",
         )
+    if recipe.data.streaming:
+        raise RecipeError("distill has the teacher answer the training prompts before training, which needs them all in memory; remove data.streaming", key="data.streaming")
     fields = recipe.data_fields
     if fields is not None and "instruction" not in fields:
         raise RecipeError(

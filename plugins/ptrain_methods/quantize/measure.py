@@ -22,6 +22,7 @@ from ptrain import (
     resolve_dtype,
     sliding_window_perplexity,
     task_scores,
+    write_model_card,
 )
 
 from .backends import (
@@ -121,7 +122,43 @@ def quantize_and_measure(run: Run, section: Any, source: str) -> list[str]:
         table.update(text=section.perplexity_text or "eval split", **window, task_rows=len(prompts), models=rows)
         record(run, source, rows)
     run.metrics["quantize"] = table
+    for variant in section.variants:
+        measured = (table.get("models") or {}).get(variant)
+        write_model_card(run, run.dir / "quantized" / variant, kind="quantized", notes=card_notes(variant, source, measured, unquantized.get(variant)))
     return written
+
+
+FORMATS = {
+    "int8": "bitsandbytes LLM.int8: 8-bit integer weights, outlier activations computed in 16-bit",
+    "nf4": "bitsandbytes 4-bit NormalFloat (NF4), block-wise scales",
+    "nf4-dq": "bitsandbytes 4-bit NormalFloat (NF4) with double quantization (the block scales quantized too)",
+    "fp4": "bitsandbytes 4-bit float (FP4), block-wise scales",
+    "fp4-dq": "bitsandbytes 4-bit float (FP4) with double quantization",
+    "ao-int8-weight": "torchao int8 weight-only (per-row scales; activations in the compute dtype)",
+    "ao-int8-dynamic": "torchao int8 weights and dynamically quantized int8 activations",
+}
+
+
+def card_notes(variant: str, source: str, measured: dict[str, Any] | None, skipped: list[str] | None) -> str:
+    """The model card's section on a quantized variant: its format and what quantizing cost, as measured."""
+    lines = ["## Quantization", "", f"Variant `{variant}`: {FORMATS.get(variant, variant)}, made by {backend_label(variant)} "
+             f"from `{source}` and saved in safetensors with its `quantization_config`."]
+    if skipped:
+        lines.append(f"{len(skipped)} layers stay unquantized (their shape does not fit the 4-bit CPU layout): {', '.join(skipped)}.")
+    if not measured:
+        lines.append("\nNot measured (`quantize.evaluate = false`).")
+        return "\n".join(lines)
+    facts = []
+    if measured.get("perplexity_increase_pct") is not None:
+        facts.append(f"perplexity {measured['perplexity_increase_pct']:+.2f} % against the unquantized model")
+    if measured.get("task_metric_change") is not None:
+        facts.append(f"task metric {measured['task_metric_change']:+.4f}")
+    if measured.get("footprint_ratio") is not None:
+        facts.append(f"{measured['footprint_ratio']:.2f}x the memory footprint")
+    if measured.get("disk_ratio") is not None:
+        facts.append(f"{measured['disk_ratio']:.2f}x the size on disk")
+    lines.append("\nMeasured quality change, on the run's evaluation text and prompts: " + ("; ".join(facts) or "no comparable figures") + ".")
+    return "\n".join(lines)
 
 
 def perplexity_text(run: Run, section: Any) -> str | None:
