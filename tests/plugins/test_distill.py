@@ -138,7 +138,8 @@ def test_same_tokenizer_logit_kd_student_is_close_and_faster(run_recipe, trained
     kd = [e["kd_loss"] for e in history if "kd_loss" in e]
     assert kd and kd[-1] < kd[0] / 2, kd
     # measured over seeds 42, 0, 1 (bench/seed_margins/README.md, distill_same): quality ratio 0.99, 1.28, 1.14
-    # at 1.39x, 1.14x, 1.47x the teacher's tokens/s (the student has half the layers); student exact match 0.49-0.52
+    # at 2.16x, 1.95x, 2.23x the teacher's tokens/s (the student has half the layers; a more loaded run of the same
+    # sweep gave 1.14x-1.47x, hence the bound 1.0); student exact match 0.49-0.52
     assert report["quality_ratio"] >= 0.8, report
     assert report["speedup"] > 1.0, report
     assert report["student"]["task_metric"] > run.metrics["base"]["task_metric"], report
