@@ -222,7 +222,7 @@ plots = false
     written = {p.name for p in out.iterdir()}
     assert {"env.json", "metrics.json", "model", "recipe.resolved.toml", "run.log", "samples.jsonl"} <= written
     assert written <= {"checkpoints", "env.json", "log_history.json", "metrics.json", "model", "recipe.resolved.toml",
-                       "run.log", "samples.jsonl", MARKER}
+                       "run.log", "samples.jsonl", "report.html", MARKER}
 
 
 def _free_port() -> int:

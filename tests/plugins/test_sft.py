@@ -4,10 +4,8 @@ import json
 import tomllib
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import assert_model_card
-from ptrain._cli import cli
 
 pytestmark = pytest.mark.slow
 
@@ -75,29 +73,6 @@ def test_tensorboard_logs_and_short_run(run_recipe, tmp_path):
     assert list((run.dir / "logs").rglob("events.out.tfevents.*"))
     assert not (run.dir / "model").exists()
     assert "base" not in run.metrics and run.metrics["train"]["steps"] == 6
-
-
-def test_runtime_failure_exits_1_with_log_path(write_recipe, tmp_path):
-    path = write_recipe(
-        """
-methods = ["sft"]
-[model]
-name = "builtin:tiny-llama"
-[data]
-source = "builtin:tasks"
-num_examples = 50
-eval_size = 4
-[train]
-max_steps = 2
-batch_size = 2
-lr_scheduler = "no_such_schedule"
-"""
-    )
-    out = tmp_path / "failed"
-    result = CliRunner().invoke(cli, ["run", str(path), "--output-dir", str(out)])
-    assert result.exit_code == 1, result.output
-    assert "run failed" in result.output and f"{out}/run.log" in result.output
-    assert "Traceback" in (out / "run.log").read_text()
 
 
 def test_flash_attention_falls_back_with_a_message(caplog):
