@@ -314,7 +314,14 @@ def print_results(metrics: dict[str, Any], label: str = "run", directory: Path |
         table.add_column("base", justify="right")
     table.add_column("final" if base else "value", justify="right")
     for key in dict.fromkeys([*base, *final]):
-        if isinstance(final.get(key, base.get(key)), (dict, list)):
+        value = final.get(key, base.get(key))
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            # a mapping of numbers (one mean per reward function, per task): one row per entry
+            before, after = base.get(key) or {}, final.get(key) or {}
+            for name in dict.fromkeys([*before, *after]):
+                table.add_row(*([f"{key}.{name}"] + ([_fmt(before.get(name, ""))] if base else []) + [_fmt(after.get(name, ""))]))
+            continue
+        if isinstance(value, (dict, list)):
             continue
         row = [key] + ([_fmt(base.get(key, ""))] if base else []) + [_fmt(final.get(key, ""))]
         table.add_row(*row)

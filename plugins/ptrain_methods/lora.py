@@ -122,11 +122,17 @@ def check_targets(model: Any, targets: list[str] | str, source: str | None = Non
         )
 
 
-def peft_config(section: LoraSection) -> Any:
+def generates(model: Any) -> bool:
+    """A causal LM (adapters of task ``CAUSAL_LM``) rather than a classifier such as a reward model (``SEQ_CLS``)."""
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate()) if callable(can_generate) else True
+
+
+def peft_config(section: LoraSection, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=section.r,
         lora_alpha=section.alpha,
         lora_dropout=section.dropout,
@@ -149,7 +155,8 @@ def load_model(run: Run) -> Any:
     if run.recipe.train.gradient_checkpointing:
         # checkpointed blocks need an input that requires grad, or no gradient reaches the adapters
         model.enable_input_require_grads()
-    peft_model = get_peft_model(model, peft_config(section))
+    # a classifier's new head (a reward model's score) trains in full next to the adapters: peft's SEQ_CLS does that
+    peft_model = get_peft_model(model, peft_config(section, "CAUSAL_LM" if generates(model) else "SEQ_CLS"))
     trainable, total = peft_model.get_nb_trainable_parameters()
     percent = 100 * trainable / total if total else 0.0
     run.log.info("lora: %d trainable parameters of %d (%.2f%%)", trainable, total, percent)
@@ -167,6 +174,8 @@ def merged_model(run: Run, adapter_dir: Path) -> Any:
     from peft import PeftModel
 
     extra = {k: v for k, v in run.model_kwargs.items() if k not in ("quantization_config", "device_map")}
+    if not generates(run.model):
+        extra |= {"head": "sequence_classification", "num_labels": run.model.config.num_labels}
     base, _ = load_pretrained(run.recipe.model, seed=run.recipe.seed, **extra)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
