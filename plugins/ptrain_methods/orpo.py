@@ -12,7 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ptrain import DataError, Recipe, RecipeError, ReportRow, Run, hookimpl, preference_metrics, training_arguments
+from ptrain import (
+    DataError,
+    Recipe,
+    RecipeError,
+    ReportRow,
+    Run,
+    hookimpl,
+    preference_metrics,
+    training_arguments,
+)
 
 PAIRED = ("prompt", "chosen", "rejected")
 
