@@ -1,0 +1,88 @@
+"""kto, orpo and reward (a reward model): each improves its held-out preference metric over the starting model."""
+
+import json
+
+import pytest
+
+from ptrain import RecipeError
+from ptrain.testing import tiny_recipe
+
+PAIRS = {"source": "builtin:preferences", "tasks": ["reverse", "uppercase"], "num_examples": 400, "eval_size": 64}
+QUIET = {"save_model": False, "plots": False}
+
+
+def recipe(method, **sections):
+    return tiny_recipe([method], **{"data": PAIRS, "eval": {"max_samples": 4, "max_new_tokens": 4}, **sections})
+
+
+@pytest.mark.parametrize(
+    "method, section, message",
+    [
+        ("kto", {"beta": 0}, r"kto\.beta: must be > 0"),
+        ("kto", {"desirable_weight": -1}, r"kto\.desirable_weight: must be > 0"),
+        ("orpo", {"beta": 0}, r"orpo\.beta: must be > 0"),
+        ("reward", {"center_rewards_coefficient": -0.1}, r"reward\.center_rewards_coefficient: must be >= 0"),
+    ],
+)
+def test_section_errors_name_the_key(ptrain_validate, method, section, message):
+    with pytest.raises(RecipeError, match=message):
+        ptrain_validate(recipe(method, **{method: section}))
+
+
+@pytest.mark.parametrize("method", ["kto", "orpo", "reward"])
+def test_sft_data_is_rejected_by_validate(ptrain_validate, method):
+    with pytest.raises(RecipeError, match=rf"data\.source: {method} .*'builtin:tasks' gives 'alpaca' rows"):
+        ptrain_validate(recipe(method, data={"source": "builtin:tasks"}))
+
+
+@pytest.mark.slow
+def test_kto_widens_the_preference_margin(ptrain_run):
+    run = ptrain_run(recipe("kto", train={"max_steps": 20, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 5},
+                            output=QUIET))
+    base, final = run.metrics["base"], run.metrics["final"]
+    assert final["preference_pairs"] == base["preference_pairs"] == 64  # held out: never trained on
+    assert run.metrics["kto"]["data"] == "pairs" and run.metrics["kto"]["reference"] == "frozen copy"
+    # MEASURED_KTO
+    assert final["preference_accuracy"] >= base["preference_accuracy"], (base, final)
+    assert final["preference_margin"] > base["preference_margin"] + 0.5, (base, final)
+
+
+@pytest.mark.slow
+def test_orpo_widens_the_preference_margin(ptrain_run):
+    run = ptrain_run(recipe("orpo", train={"max_steps": 20, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 5},
+                            output=QUIET))
+    base, final = run.metrics["base"], run.metrics["final"]
+    assert final["preference_pairs"] == base["preference_pairs"] == 64
+    # MEASURED_ORPO
+    assert final["preference_accuracy"] >= base["preference_accuracy"], (base, final)
+    assert final["preference_margin"] > base["preference_margin"] + 0.5, (base, final)
+
+
+@pytest.mark.slow
+def test_reward_model_learns_pairwise_accuracy_and_reloads(ptrain_run, ptrain_cli, tmp_path):
+    run = ptrain_run(recipe("reward", train={"max_steps": 30, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 5}),
+                     output_dir=tmp_path / "reward")
+    base, final = run.metrics["base"], run.metrics["final"]
+    assert final["pairwise_pairs"] == base["pairwise_pairs"] == 64
+    # MEASURED_REWARD
+    assert final["pairwise_accuracy"] > base["pairwise_accuracy"] + 0.15, (base, final)
+    assert final["pairwise_accuracy"] >= 0.75 and final["score_margin"] > 0, final
+
+    # the exported model is a plain sequence classifier with one label that scores as the run measured
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ptrain import reward_scores
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "reward" / "model")
+    assert model.config.num_labels == 1
+    rows = list(run.eval_dataset)[:16]
+    good = reward_scores(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    bad = reward_scores(model, tokenizer, [r["prompt"] for r in rows], [r["rejected"] for r in rows])
+    assert sum(g > b for g, b in zip(good, bad, strict=True)) >= 10
+
+    # ptrain compare reports the pairwise accuracy
+    result = ptrain_cli("compare", str(tmp_path / "reward"), "--output", str(tmp_path / "cmp"))
+    assert result.exit_code == 0, result.output
+    assert "pairwise accuracy (reward model)" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert json.loads((tmp_path / "reward" / "metrics.json").read_text())["final"]["pairwise_accuracy"] == final["pairwise_accuracy"]
