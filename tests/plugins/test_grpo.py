@@ -4,8 +4,8 @@
 import json
 
 import pytest
-from conftest import RECIPES
 
+from conftest import RECIPES
 from ptrain import RecipeError
 from ptrain.testing import tiny_recipe
 
