@@ -92,3 +92,24 @@ def test_reward_model_learns_pairwise_accuracy_and_reloads(ptrain_run, ptrain_cl
     assert result.exit_code == 0, result.output
     assert "pairwise accuracy (reward model)" in (tmp_path / "cmp" / "compare.md").read_text()
     assert json.loads((tmp_path / "reward" / "metrics.json").read_text())["final"]["pairwise_accuracy"] == final["pairwise_accuracy"]
+
+
+@pytest.mark.slow
+def test_reward_model_serves_grpo_as_a_reward(ptrain_run, tmp_path):
+    """The exported reward model named in [grpo] reward_models scores GRPO's completions next to a rule-based reward."""
+    ptrain_run(recipe("reward", train={"max_steps": 10, "batch_size": 8, "learning_rate": 1e-3}), output_dir=tmp_path / "rm")
+    run = ptrain_run(
+        tiny_recipe(
+            ["grpo"],
+            grpo={"rewards": {"task_match": 1.0}, "reward_models": {str(tmp_path / "rm"): 0.5}, "max_completion_length": 8},
+            train={"max_steps": 2, "batch_size": 8, "logging_steps": 1},
+            eval={"max_samples": 8, "batch_size": 8},
+            output=QUIET,
+        )
+    )
+    assert run.metrics["grpo"]["rewards"] == {"task_match": 1.0, "model_rm": 0.5}
+    for stage in ("base", "final"):
+        score = run.metrics[stage]["rewards"]["model_rm"]
+        assert isinstance(score, float) and score == score, run.metrics[stage]  # a real number, not NaN
+    logged = [e for e in run.trainer.state.log_history if "rewards/model_rm/mean" in e]
+    assert len(logged) == 2
