@@ -53,3 +53,26 @@ def test_grpo_after_sft_raises_held_out_task_metric(trained_tiny_llama, run_reci
     assert result.exit_code == 0, result.output
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "reward: task_match" in table and "completion length" in table, table
+
+
+@pytest.mark.slow
+def test_grpo_with_lora_trains_adapters_checkpoints_and_exports(ptrain_run, tmp_path):
+    run = ptrain_run(
+        tiny_recipe(
+            ["grpo", "lora"],
+            grpo={"max_completion_length": 8},
+            train={"max_steps": 4, "batch_size": 8, "logging_steps": 1, "save_steps": 2},
+            eval={"max_samples": 8, "batch_size": 8},
+        ),
+        output_dir=tmp_path / "run",
+    )
+    train = run.metrics["train"]
+    assert 0 < train["trainable_parameters"] < train["parameters"] / 5
+    assert run.metrics["grpo"]["reference"] == "none (beta = 0)"
+    assert [e["step"] for e in run.trainer.state.log_history if "reward" in e] == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2").is_dir()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    # the adapters merged into a plain model: the base's parameters, no adapter ones
+    assert sum(p.numel() for p in model.parameters()) == train["parameters"] - train["trainable_parameters"]
