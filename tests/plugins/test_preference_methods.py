@@ -113,3 +113,13 @@ def test_reward_model_serves_grpo_as_a_reward(ptrain_run, tmp_path):
         assert isinstance(score, float) and score == score, run.metrics[stage]  # a real number, not NaN
     logged = [e for e in run.trainer.state.log_history if "rewards/model_rm/mean" in e]
     assert len(logged) == 2
+
+
+def test_kto_takes_unpaired_rows_and_orpo_does_not(ptrain_validate, tmp_path):
+    data = tmp_path / "judged.jsonl"
+    rows = [{"prompt": f"Reverse: ab{i}\n", "completion": f"{i}ba", "label": i % 2 == 0} for i in range(20)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    checked = ptrain_validate(recipe("kto", data={"source": str(data), "eval_size": 4}))
+    assert checked.data_format == "unpaired" and "label" in checked.data_fields
+    with pytest.raises(RecipeError, match=r"data\.source: orpo trains on preference pairs, and .* gives 'unpaired' rows"):
+        ptrain_validate(recipe("orpo", data={"source": str(data), "eval_size": 4}))
