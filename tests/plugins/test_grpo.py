@@ -38,10 +38,10 @@ def test_grpo_after_sft_raises_held_out_task_metric(trained_tiny_llama, run_reci
     assert final["reward_prompts"] == base["reward_prompts"] == 150
     # the reward on held-out prompts is the task metric (task_match scores with the task's own metric)
     assert base["rewards"]["task_match"] == pytest.approx(base["task_metric"], abs=0.01)
-    # measured (80 steps, reverse, 150 held-out prompts): seed 42 0.2467 -> 0.3467; seed 7 0.2867 -> 0.32. 40 steps
-    # gave only 0.2667 (seed 42); with both tasks or a higher rate nothing rose. The gain is small and slow on this
-    # tiny model, so the bound is 3 more right answers of 150
-    assert final["task_metric"] > base["task_metric"] + 0.02, (base, final)
+    # measured (160 steps, reverse, 150 held-out prompts; GRPO seed, the warm start at seed 42): seed 42 0.2467 -> 0.3467,
+    # seed 7 0.2867 -> 0.4467, seed 1 0.34 -> 0.40; at 80 steps only +0.10 / +0.033 / +0.013, at temperature 0.7 and 80
+    # steps +0.067 / +0.047 / +0.013. The bound is half the worst seed's gain: 5 more right answers of 150
+    assert final["task_metric"] > base["task_metric"] + 0.03, (base, final)
     assert final["rewards"]["task_match"] == pytest.approx(final["task_metric"], abs=0.01)
     assert 0 < final["completion_length"] <= 16
     # per step: reward mean and std, completion length, in log_history.json and the plot
