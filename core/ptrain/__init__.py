@@ -23,7 +23,10 @@ from ptrain._evaluation import (
     generate,
     json_match,
     metric_for,
+    numeric_match,
     perplexity,
+    preference_metrics,
+    reward_scores,
     sliding_window_perplexity,
     task_scores,
     valid_json,
@@ -40,6 +43,7 @@ from ptrain._models import (
 )
 from ptrain._paths import is_local
 from ptrain._recipe import Recipe
+from ptrain._rewards import answer_text
 from ptrain._run import Run
 from ptrain._sections import DataSection, EvalSection, ModelSection, TrainSection, check_template
 from ptrain._tasks import TASKS, Task
@@ -77,7 +81,8 @@ __all__ = [
     "training_arguments", "train_auxiliary", "world_size",
     # measuring
     "generate", "Generations", "completion_loss", "completion_logprobs", "task_scores", "metric_for", "METRICS",
-    "exact_match", "json_match", "valid_json", "perplexity", "sliding_window_perplexity",
+    "exact_match", "json_match", "numeric_match", "valid_json", "perplexity", "sliding_window_perplexity",
+    "preference_metrics", "reward_scores", "answer_text",
     "measure_memory", "MemoryUsage", "memory_in_use_mb", "footprint_bytes",
     # writing
     "atomic_dir", "write_json", "write_jsonl", "write_text", "dir_size", "write_model_card",

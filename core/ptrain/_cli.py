@@ -323,6 +323,11 @@ def print_results(metrics: dict[str, Any], label: str = "run", directory: Path |
                 name = f"{key.removesuffix('_by_source')} ({source})"
                 before = [_fmt((base.get(key) or {}).get(source, ""))] if base else []
                 table.add_row(name, *before, _fmt((final.get(key) or {}).get(source, "")))
+        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            # a mapping of numbers (one mean per reward function, per task): one row per entry
+            before, after = base.get(key) or {}, final.get(key) or {}
+            for name in dict.fromkeys([*before, *after]):
+                table.add_row(*([f"{key}.{name}"] + ([_fmt(before.get(name, ""))] if base else []) + [_fmt(after.get(name, ""))]))
             continue
         if isinstance(value, (dict, list)):
             continue

@@ -1,5 +1,5 @@
-"""The core's own plugin (``core``): its checks, data formats and sources, report rows, the default
-loader, data, evaluation and export.
+"""The core's own plugin (``core``): its checks, data formats and sources, reward functions, report rows,
+the default loader, data, evaluation and export.
 
 Registered in every run under the name ``core``, through the same hooks any plugin uses; its
 run-time implementations are ``trylast``, so any method can replace or wrap them.
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from ptrain import _artifacts
 from ptrain._errors import RecipeError
 from ptrain._formats import CORE_FORMATS
+from ptrain._rewards import CORE_REWARDS
 from ptrain._sources import CORE_SOURCES
-from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, ReportRow
+from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, ReportRow, RewardFunction
 from ptrain.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ def data_formats() -> list[DataFormat]:
 @hookimpl
 def data_sources() -> list[DataSource]:
     return CORE_SOURCES
+
+
+@hookimpl
+def reward_functions() -> list[RewardFunction]:
+    """The built-ins score the core's own tasks with its own metrics: any online RL method may name them."""
+    return CORE_REWARDS
 
 
 @hookimpl
@@ -103,13 +110,23 @@ def prepare_data(run: Run) -> DataSplits:
 
 @hookimpl(trylast=True)
 def evaluate(run: Run, stage: str) -> dict[str, Any]:
-    from ptrain._evaluation import completion_loss, generate, metric_for, perplexity, task_scores, valid_json
+    from ptrain._evaluation import (
+        completion_loss,
+        generate,
+        is_language_model,
+        metric_for,
+        perplexity,
+        task_scores,
+        valid_json,
+    )
     from ptrain._memory import footprint_bytes
 
     section = run.recipe.eval
     rows = list(run.eval_dataset)
     if not rows:
         return {}
+    if not is_language_model(run.model):  # a reward model or another classifier: its method measures it
+        return {"memory_footprint_mb": round(footprint_bytes(run.model) / 2**20, 1)}
     loss = completion_loss(
         run.model,
         run.tokenizer,

@@ -53,9 +53,22 @@ def contains(generation: str, reference: str) -> float:
     return float(_normalise(reference) in _normalise(generation))
 
 
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def numeric_match(generation: str, reference: str) -> float:
+    """1.0 when the last number in the generation equals the reference's number ("The answer is 42." for "42")."""
+    found = NUMBER.findall(generation.replace(",", ""))
+    try:
+        return float(bool(found) and math.isclose(float(found[-1]), float(reference.strip()), rel_tol=0.0, abs_tol=1e-9))
+    except ValueError:  # a reference that is not a number
+        return 0.0
+
+
 METRICS: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
     "json_match": json_match,
+    "numeric_match": numeric_match,
     "contains": contains,
 }
 
@@ -68,6 +81,13 @@ def metric_for(row: dict[str, Any], requested: str) -> str:
 
     task = TASKS.get(row.get("task") or "")
     return task.metric if task else "exact_match"
+
+
+def is_language_model(model: Any) -> bool:
+    """Whether ``model`` generates text (a causal LM, with or without adapters); a reward model or
+    another classifier does not, and gets no generation metrics."""
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate()) if callable(can_generate) else False
 
 
 def _device(model: Any) -> Any:
@@ -171,6 +191,63 @@ def completion_logprobs(
         picked = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         results.extend((picked * mask).sum(dim=1).tolist())
     return results
+
+
+def preference_metrics(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> dict[str, float]:
+    """How often ``model`` prefers the chosen answer of held-out pairs, by summed log-probability.
+
+    Returns ``preference_accuracy`` (fraction of pairs with ``logp(chosen) > logp(rejected)``),
+    ``preference_margin`` (the mean difference) and ``preference_pairs``: the held-out measure every
+    preference method (DPO, KTO, ORPO) reports at base and final, so their columns compare.
+    """
+    good = completion_logprobs(model, tokenizer, prompts, chosen, batch_size, max_length)
+    bad = completion_logprobs(model, tokenizer, prompts, rejected, batch_size, max_length)
+    margins = [g - b for g, b in zip(good, bad, strict=True)]
+    count = max(len(margins), 1)
+    return {
+        "preference_accuracy": round(sum(m > 0 for m in margins) / count, 4),
+        "preference_margin": round(sum(margins) / count, 4),
+        "preference_pairs": len(margins),
+    }
+
+
+def reward_scores(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+) -> list[float]:
+    """The scalar score a reward model (a sequence classifier with one label) gives each prompt + completion.
+
+    The text is scored as TRL's ``RewardTrainer`` trains on it: prompt, completion and EOS,
+    tokenized with the tokenizer's special tokens, right-padded, truncated to ``max_length``
+    tokens; the model reads the score at the last token that is not padding.
+    """
+    eos = tokenizer.eos_token or ""
+    texts = [p + c if (p + c).endswith(eos) else p + c + eos for p, c in zip(prompts, completions, strict=True)]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    scores: list[float] = []
+    device = _device(model)
+    try:
+        with _eval_mode(model):
+            for i in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+                logits = model(**batch.to(device)).logits
+                scores.extend(logits[:, 0].float().tolist())
+    finally:
+        tokenizer.padding_side = side
+    return scores
 
 
 @dataclass

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ptrain import _paths
 from ptrain._errors import RecipeError, UsageError
@@ -242,8 +242,17 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
     return tokenizer
 
 
+HEADS = ("causal_lm", "sequence_classification")
+
+
 def load_pretrained(
-    name: str | ModelSection, *, like: ModelSection | None = None, seed: int = 0, key: str = "model.name", **kwargs: Any
+    name: str | ModelSection,
+    *,
+    like: ModelSection | None = None,
+    seed: int = 0,
+    key: str = "model.name",
+    head: Literal["causal_lm", "sequence_classification"] = "causal_lm",
+    **kwargs: Any,
 ) -> LoadedModel:
     """Load a model and its tokenizer under the core's rules, without running any method's hooks.
 
@@ -253,13 +262,22 @@ def load_pretrained(
         ``trust_remote_code`` and ``revision`` to use (e.g. the recipe's, for a teacher).
     :param seed: the initialisation of a ``builtin:`` random-init model.
     :param key: the recipe key ``name`` came from, named in errors (``"distill.teacher"``).
-    :param kwargs: more ``from_pretrained`` arguments (``quantization_config``, ``device_map``…).
+    :param head: ``"causal_lm"`` (``AutoModelForCausalLM``: a model that generates) or
+        ``"sequence_classification"`` (``AutoModelForSequenceClassification``: a reward model or
+        another classifier; pass ``num_labels``, 1 for a reward model). Loading a causal LM's
+        checkpoint with a classification head keeps its body and starts the head at random,
+        which is how a reward model is initialised; a trained reward model reloads with its head.
+    :param kwargs: more ``from_pretrained`` arguments (``quantization_config``, ``device_map``,
+        ``num_labels``…).
 
     The rules: weights from safetensors only (pickled ``.bin`` files can run code), remote code
     only where the section allows it (with a warning), the section's dtype and attention, an
     unreachable hub or a missing model as a one-line :class:`ptrain.UsageError` naming ``key``.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
 
     if isinstance(name, ModelSection):
         section = name
@@ -287,9 +305,15 @@ def load_pretrained(
     attention = resolve_attention(section.attn_implementation)
     if attention:
         options["attn_implementation"] = attention
-    with _hub_errors(section.name, key):
-        model = AutoModelForCausalLM.from_pretrained(location, **options)
-    if model.generation_config.pad_token_id is None:
+    if head == "sequence_classification":
+        options.setdefault("num_labels", 1)
+    auto = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
+    with _hub_errors(section.name, key), _quiet_new_head(head, location):
+        model = auto.from_pretrained(location, **options)
+    if head == "sequence_classification":
+        # a classifier reads its score at the last token that is not padding: it must know the pad token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    elif model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if section.keep_layers is not None:
         keep_layers(model, section.keep_layers, section.name)
@@ -332,6 +356,37 @@ def keep_layers(model: Any, keep: int, name: str) -> list[int]:
         config.layer_types = [config.layer_types[i] for i in kept]
     log.info("model.keep_layers: kept layers %s of %d", kept, len(layers))
     return kept
+
+
+class _quiet_new_head(logging.Filter):
+    """Loading a causal LM's checkpoint with a classification head reports the new head as missing (and the LM
+    head as unused): expected when a reward model starts from a language model, so that report is not shown.
+    A checkpoint that already has the head (a trained reward model) keeps its report."""
+
+    LOGGER = "transformers.modeling_utils"
+
+    def __init__(self, head: str, location: str):
+        super().__init__()
+        self.active = head != "causal_lm" and _architectures(location).endswith("ForCausalLM")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    def __enter__(self) -> None:
+        if self.active:
+            logging.getLogger(self.LOGGER).addFilter(self)
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger(self.LOGGER).removeFilter(self)
+
+
+def _architectures(location: str) -> str:
+    """The first architecture a local checkpoint's config.json names ("" when unknown)."""
+    try:
+        names = json.loads((Path(location) / "config.json").read_text(encoding="utf-8")).get("architectures") or [""]
+        return str(names[0])
+    except (OSError, ValueError, AttributeError, IndexError):
+        return ""
 
 
 class _hub_errors:

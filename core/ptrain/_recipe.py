@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptrain import _data, _paths, _schema
+from ptrain import _data, _paths, _rewards, _schema
 from ptrain._errors import DataError, RecipeError
 from ptrain._sections import (
     DataSection,
@@ -27,6 +27,7 @@ from ptrain._sections import (
     OutputSection,
     TrainSection,
 )
+from ptrain._types import RewardFunction
 
 CORE_SECTIONS: dict[str, type] = {
     "model": ModelSection,
@@ -46,7 +47,7 @@ class Recipe:
 
     What ``validate_recipe`` hooks read: ``methods``, ``section(name)`` (and the core sections as
     ``model``, ``data``, ``train``, ``eval``, ``output``, ``distributed``), ``trainer_owner``,
-    ``data_fields`` and ``data_format``.
+    ``data_fields``, ``data_format``, ``reward_functions`` and ``reward_function(name, key)``.
     """
 
     name: str
@@ -63,6 +64,10 @@ class Recipe:
     catalog: Any = field(default=None, repr=False, compare=False)
     plugins: Any = field(default=None, repr=False, compare=False)
     """The :class:`ptrain._registry.MethodSet` of this recipe (the core's, not for plugins)."""
+    rewards: dict[str, tuple[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    """Reward name -> (plugin, :class:`ptrain.RewardFunction`) (the core's; plugins read ``reward_functions``)."""
+    registry: Any = field(default=None, repr=False, compare=False)
+    """Every installed plugin (the core's, for hints naming a plugin the recipe does not list)."""
     source_of: Callable[[str], str] = field(default=lambda key: "recipe", repr=False, compare=False)
     """Dotted key -> the file (or ``--set``) that set it."""
 
@@ -107,6 +112,19 @@ class Recipe:
     def data_format(self) -> str | None:
         """The name of the training data's format, or None when only loading can tell."""
         return self.data_plan.format_name if self.data_plan is not None else None
+
+    @property
+    def reward_functions(self) -> dict[str, RewardFunction]:
+        """Every reward function this recipe can name: the core's built-ins and those of the plugins in ``methods``."""
+        return {name: reward for name, (_, reward) in self.rewards.items()}
+
+    def reward_function(self, name: str, key: str) -> RewardFunction:
+        """The reward function called ``name``; else a RecipeError for ``key`` naming close names and an
+        installed plugin that provides it but is not in ``methods``. For ``validate_recipe`` and run-time hooks."""
+        if name in self.rewards:
+            return self.rewards[name][1]
+        providers = self.registry.providers("reward_functions", name) if self.registry is not None else []
+        raise self.error(_rewards.unknown(name, list(self.rewards), providers), key)
 
     def error(self, message: str, key: str) -> RecipeError:
         """A RecipeError for ``key`` naming the file that set it."""
@@ -371,6 +389,7 @@ def validate_table(
         for plugin, items in plugins.collect_by_plugin("data_sources").items():
             catalog.add_sources(plugin, items)
         data_plan = _data.plan(sections["data"], catalog, seed, read_local=check_data)
+        rewards = _rewards.collect(plugins.collect_by_plugin("reward_functions"))
     except RecipeError as err:
         raise _with_source(err, source) from None
     except DataError as err:
@@ -387,6 +406,8 @@ def validate_table(
         data_plan=data_plan,
         catalog=catalog,
         plugins=plugins,
+        rewards=rewards,
+        registry=registry,
         source_of=source,
     )
     try:

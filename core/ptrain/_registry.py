@@ -207,7 +207,7 @@ class PluginRegistry:
         return methods_set
 
     def inspect_all(self) -> list[PluginInfo]:
-        """Load every plugin on its own, recording status, kind, hooks and what it declares; never raises."""
+        """The core, then every plugin loaded on its own, recording status, kind, hooks and what it declares; never raises."""
         for name, info in sorted(self._entries.items()):
             if info.status in ("disabled", "failed") and info.error:
                 continue
@@ -221,7 +221,28 @@ class PluginRegistry:
                 if info.status != "failed":
                     info.status = "failed"
                     info.error = str(err)
-        return [self._entries[n] for n in self.names()]
+        return [self.core_info(), *(self._entries[n] for n in self.names())]
+
+    def core_info(self) -> PluginInfo:
+        """The core as ``ptrain list`` shows it: what every recipe has without naming a plugin (formats, sources, rewards)."""
+        methods = self.load([])
+        try:
+            version = importlib.metadata.version("ptrain")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        return PluginInfo(
+            name=CORE_NAME,
+            target="ptrain._core_plugin",
+            distribution="ptrain",
+            version=version,
+            status="ok",
+            hooks=methods.hooks_of(CORE_NAME),
+            kind=methods.kind(CORE_NAME),
+            description="built in: the data formats, sources and rewards every recipe has",
+            formats=[f.name for f in methods.declared(CORE_NAME, "data_formats")],
+            sources=[s.name for s in methods.declared(CORE_NAME, "data_sources")],
+            rewards=[r.name for r in methods.declared(CORE_NAME, "reward_functions")],
+        )
 
     def providers(self, hook: str, wanted: str) -> list[str]:
         """Installed plugins (not disabled or broken) whose ``hook`` declares something named ``wanted``; for error hints."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,26 @@ def declared_rows(recipe: Any) -> list[ReportRow]:
 
 
 def report_rows(runs: list[RunSummary]) -> list[ReportRow]:
-    """Every run's rows, in first-seen order, without duplicates."""
+    """Every run's rows, in first-seen order, without duplicates; a row with ``each`` becomes one row per entry."""
     seen: dict[tuple[str, str], ReportRow] = {}
     for run in runs:
         for row in _rows_of(run):
             seen.setdefault((row.label, row.key), row)
-    return list(seen.values())
+    return [one for row in seen.values() for one in _entries(row, runs)]
+
+
+def _entries(row: ReportRow, runs: list[RunSummary]) -> list[ReportRow]:
+    """``row`` itself, or for ``each=True`` one row per entry of the mapping it names (in any run, base or final)."""
+    if not row.each:
+        return [row]
+    keys = [row.key] + (["base." + row.key.removeprefix("final.")] if row.base and row.key.startswith("final.") else [])
+    names: dict[str, None] = {}
+    for run in runs:
+        for key in keys:
+            value = run.get(key)
+            if isinstance(value, dict):
+                names.update(dict.fromkeys(str(name) for name in value))
+    return [replace(row, label=f"{row.label}: {name}", key=f"{row.key}.{name}", each=False) for name in names]
 
 
 def _count(n: float) -> str:

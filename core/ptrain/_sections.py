@@ -276,8 +276,9 @@ class EvalSection:
     max_samples: int = 100
     """Eval rows used for generation metrics (loss uses the whole eval split)."""
     max_new_tokens: int = 64
-    metric: Literal["auto", "exact_match", "json_match", "contains"] = "auto"
-    """``auto``: each bundled task's own metric (JSON match for AVRO), exact match otherwise."""
+    metric: Literal["auto", "exact_match", "json_match", "numeric_match", "contains"] = "auto"
+    """``auto``: each bundled task's own metric (numeric match for arithmetic, JSON match for AVRO),
+    exact match otherwise."""
     batch_size: int = 16
     show_samples: int = 5
 

@@ -1,7 +1,7 @@
 """A seeded offline task generator whose answers can be checked exactly.
 
 Each row has ``task``, ``instruction``, ``input`` and ``output``. Tasks: ``arithmetic`` (sums and
-differences), ``reverse`` (spell words backwards), ``uppercase`` and ``avro`` (an AVRO record
+differences, scored by numeric match), ``reverse`` (spell words backwards), ``uppercase`` and ``avro`` (an AVRO record
 schema from an entity description, as in the source material). Every task also has paraphrased
 instruction wordings (used by template randomization) and a way to produce a plausible wrong
 answer (used for preference pairs).
@@ -111,6 +111,7 @@ TASKS: dict[str, Task] = {
              "Evaluate the expression.", "Solve the sum."),
             _arithmetic,
             _arithmetic_wrong,
+            metric="numeric_match",
         ),
         Task(
             "reverse",

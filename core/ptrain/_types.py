@@ -128,7 +128,9 @@ class ReportRow:
     ``key`` is a dotted path into ``metrics.json`` (``"final.templates_heldout_mean"``,
     ``"distill.speedup"``). With ``base=True`` and a key under ``final.``, the cell shows
     ``base → final``. ``chart``: ``"quality"`` adds a bar to the quality panel of ``compare.png``
-    (values in [0, 1]); ``"panel"`` gives the row a panel of its own.
+    (values in [0, 1]); ``"panel"`` gives the row a panel of its own. With ``each=True`` the key
+    holds a mapping whose entries only the run knows (one mean per reward function the recipe
+    named): the row becomes one row per entry, labelled ``label: entry``.
     """
 
     label: str
@@ -138,6 +140,7 @@ class ReportRow:
     format: Literal["number", "count"] = "number"
     """``count``: large integers shortened (``135M``)."""
     digits: int = 4
+    each: bool = False
 
 
 @dataclass
