@@ -28,7 +28,8 @@ from ptrain import (
     training_arguments,
 )
 
-PAIRED = ("prompt", "chosen", "rejected")
+from .pairs import PAIRED, PREFERENCE_ROWS
+
 UNPAIRED = ("prompt", "completion", "label")
 
 
@@ -74,8 +75,7 @@ def validate_recipe(recipe: Recipe) -> None:
 @hookimpl
 def report_rows() -> list[ReportRow]:
     return [
-        ReportRow("preference accuracy", "final.preference_accuracy", base=True, chart="quality"),
-        ReportRow("preference margin", "final.preference_margin", base=True),
+        *PREFERENCE_ROWS,
         ReportRow("good − bad answer log-prob (unpaired)", "final.unpaired_margin", base=True),
     ]
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptrain import (
-    DataError,
     Recipe,
     RecipeError,
     ReportRow,
@@ -23,7 +22,7 @@ from ptrain import (
     training_arguments,
 )
 
-PAIRED = ("prompt", "chosen", "rejected")
+from .pairs import PREFERENCE_ROWS, pair_splits, require_pairs
 
 
 @dataclass
@@ -45,28 +44,12 @@ def recipe_sections() -> dict[str, type]:
 
 @hookimpl
 def validate_recipe(recipe: Recipe) -> None:
-    fields = recipe.data_fields
-    if fields is not None and not {"chosen", "rejected"} <= fields:
-        raise RecipeError(
-            f"orpo trains on preference pairs, and {recipe.data.source!r} gives {recipe.data_format!r} rows; use "
-            'data.source = "builtin:preferences", or rows with prompt, chosen and rejected (data.format = "preference")',
-            key="data.source" if recipe.data.format == "auto" else "data.format",
-        )
+    require_pairs(recipe, "orpo", "trains on")
 
 
 @hookimpl
 def report_rows() -> list[ReportRow]:
-    return [
-        ReportRow("preference accuracy", "final.preference_accuracy", base=True, chart="quality"),
-        ReportRow("preference margin", "final.preference_margin", base=True),
-    ]
-
-
-def _pairs(dataset: Any, source: str) -> Any:
-    missing = [c for c in PAIRED if c not in dataset.column_names]
-    if missing:
-        raise DataError(f"{source}: orpo needs prompt, chosen and rejected columns; the data has no {', '.join(missing)}")
-    return dataset.select_columns(list(PAIRED))
+    return list(PREFERENCE_ROWS)
 
 
 @hookimpl
@@ -74,8 +57,7 @@ def build_trainer(run: Run) -> Any:
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     section: ORPOSection = run.section("orpo")
-    train = _pairs(run.train_dataset, run.recipe.data.source)
-    evaluation = _pairs(run.eval_dataset, run.recipe.data.eval_source or run.recipe.data.source) if run.recipe.train.eval_steps else None
+    train, evaluation = pair_splits(run, "orpo")
     args = training_arguments(run, ORPOConfig, beta=section.beta, max_length=run.recipe.train.max_length, dataset_num_proc=None)
     run.metrics["orpo"] = {"beta": section.beta}
     return ORPOTrainer(model=run.model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=run.tokenizer)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptrain import (
-    DataError,
     LoadedModel,
     Recipe,
     RecipeError,
@@ -27,7 +26,7 @@ from ptrain import (
     training_arguments,
 )
 
-PAIRED = ("prompt", "chosen", "rejected")
+from .pairs import pair_splits, require_pairs
 
 
 @dataclass
@@ -50,13 +49,7 @@ def recipe_sections() -> dict[str, type]:
 
 @hookimpl
 def validate_recipe(recipe: Recipe) -> None:
-    fields = recipe.data_fields
-    if fields is not None and not {"chosen", "rejected"} <= fields:
-        raise RecipeError(
-            f"reward learns from preference pairs, and {recipe.data.source!r} gives {recipe.data_format!r} rows; use "
-            'data.source = "builtin:preferences", or rows with prompt, chosen and rejected (data.format = "preference")',
-            key="data.source" if recipe.data.format == "auto" else "data.format",
-        )
+    require_pairs(recipe, "reward", "learns from")
 
 
 @hookimpl
@@ -73,20 +66,12 @@ def load_model(run: Run) -> LoadedModel:
     return load_pretrained(run.recipe.model, seed=run.recipe.seed, head="sequence_classification", num_labels=1, **run.model_kwargs)
 
 
-def _pairs(dataset: Any, source: str) -> Any:
-    missing = [c for c in PAIRED if c not in dataset.column_names]
-    if missing:
-        raise DataError(f"{source}: reward needs prompt, chosen and rejected columns; the data has no {', '.join(missing)}")
-    return dataset.select_columns(list(PAIRED))
-
-
 @hookimpl
 def build_trainer(run: Run) -> Any:
     from trl import RewardConfig, RewardTrainer
 
     section: RewardSection = run.section("reward")
-    train = _pairs(run.train_dataset, run.recipe.data.source)
-    evaluation = _pairs(run.eval_dataset, run.recipe.data.eval_source or run.recipe.data.source) if run.recipe.train.eval_steps else None
+    train, evaluation = pair_splits(run, "reward")
     args = training_arguments(
         run,
         RewardConfig,
