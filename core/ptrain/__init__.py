@@ -21,6 +21,7 @@ from ptrain._evaluation import (
     completion_loss,
     exact_match,
     generate,
+    is_language_model,
     json_match,
     metric_for,
     numeric_match,
@@ -82,7 +83,7 @@ __all__ = [
     # measuring
     "generate", "Generations", "completion_loss", "completion_logprobs", "task_scores", "metric_for", "METRICS",
     "exact_match", "json_match", "numeric_match", "valid_json", "perplexity", "sliding_window_perplexity",
-    "preference_metrics", "reward_scores", "answer_text",
+    "preference_metrics", "reward_scores", "answer_text", "is_language_model",
     "measure_memory", "MemoryUsage", "memory_in_use_mb", "footprint_bytes",
     # writing
     "atomic_dir", "write_json", "write_jsonl", "write_text", "dir_size", "write_model_card",

@@ -7,7 +7,6 @@ default = what an omitted key means.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import string
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ptrain._errors import RecipeError
+from ptrain._schema import suggest
 
 
 def check_template(template: str, key: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
@@ -50,9 +50,7 @@ def check_range(section: Any, key: str, low: float, high: float, why: str = "") 
 def check_name(value: str, key: str, known: tuple[str, ...], what: str) -> None:
     """Raise a RecipeError unless ``value`` is one of ``known`` (skipped when the list could not be read)."""
     if known and value not in known:
-        close = difflib.get_close_matches(value, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise RecipeError(f"unknown {what} {value!r}{hint} (known: {', '.join(known)})", key=key)
+        raise RecipeError(f"unknown {what} {value!r}{suggest(value, list(known))} (known: {', '.join(known)})", key=key)
 
 
 @dataclass
@@ -183,9 +181,7 @@ class DataSection:
                 raise RecipeError(f"two sources are labelled {repeated!r}; give them different names (name = ...)", key="sources")
         for i, task in enumerate(self.tasks):
             if task not in TASKS:
-                close = difflib.get_close_matches(task, list(TASKS), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise RecipeError(f"unknown task {task!r}{hint} (tasks: {', '.join(TASKS)})", key=f"tasks[{i}]")
+                raise RecipeError(f"unknown task {task!r}{suggest(task, list(TASKS))} (tasks: {', '.join(TASKS)})", key=f"tasks[{i}]")
         if not self.tasks:
             raise RecipeError(f"is empty; name at least one of {', '.join(TASKS)}", key="tasks")
         check_range(self, "eval_size", 0, 100_000)
@@ -343,15 +339,11 @@ class DistributedSection:
     def validate(self) -> None:
         for i, option in enumerate(self.fsdp):
             if option not in FSDP_OPTIONS:
-                close = difflib.get_close_matches(option, FSDP_OPTIONS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise RecipeError(f"unknown FSDP option {option!r}{hint} (options: {', '.join(FSDP_OPTIONS)})", key=f"fsdp[{i}]")
+                raise RecipeError(f"unknown FSDP option {option!r}{suggest(option, list(FSDP_OPTIONS))} (options: {', '.join(FSDP_OPTIONS)})", key=f"fsdp[{i}]")
         config = {}
         for key, value in self.fsdp_config.items():
             if key.removeprefix("fsdp_") not in FSDP_CONFIG_KEYS:
-                close = difflib.get_close_matches(key.removeprefix("fsdp_"), FSDP_CONFIG_KEYS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise RecipeError(f"unknown key{hint} (known: {', '.join(FSDP_CONFIG_KEYS)})", key=f"fsdp_config.{key}")
+                raise RecipeError(f"unknown key{suggest(key.removeprefix('fsdp_'), list(FSDP_CONFIG_KEYS))} (known: {', '.join(FSDP_CONFIG_KEYS)})", key=f"fsdp_config.{key}")
             config[key.removeprefix("fsdp_")] = (key, value)
         self._check_fsdp_config(config)
         from ptrain._distributed import accelerator_visible, fsdp_cpu_problem

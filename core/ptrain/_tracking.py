@@ -40,14 +40,14 @@ REPORTERS = {
 
 
 def check_report_to(reporters: list[str]) -> None:
-    """A RecipeError for an unknown reporter or one whose package is missing; imports nothing."""
-    for i, name in enumerate(reporters):
-        if name in ("none", "all"):  # transformers' own: no reporting, or every integration installed
-            continue
-        if name not in REPORTERS:
-            from ptrain._schema import suggest
+    """A RecipeError for a reporter whose package is missing; imports nothing.
 
-            raise RecipeError(f"unknown reporter {name!r}{suggest(name, list(REPORTERS))} (known: {', '.join(REPORTERS)})", key=f"train.report_to[{i}]")
+    Whether a name is one transformers knows is the ``[train]`` section's own check (against
+    transformers' list, with suggestions); this one only adds what to install.
+    """
+    for i, name in enumerate(reporters):
+        if name not in REPORTERS:
+            continue
         module, install = REPORTERS[name]
         if importlib.util.find_spec(module) is None:
             raise RecipeError(f"{name!r} needs the {module} package, which is not installed: {install}", key=f"train.report_to[{i}]")

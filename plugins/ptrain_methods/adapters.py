@@ -37,6 +37,7 @@ from ptrain import (
     atomic_dir,
     dir_size,
     hookimpl,
+    is_language_model,
     load_pretrained,
     write_model_card,
 )
@@ -229,18 +230,12 @@ def trainable_summary(peft_model: Any) -> dict[str, Any]:
     }
 
 
-def generates(model: Any) -> bool:
-    """A causal LM rather than a classifier such as a reward model (a sequence-classification head)."""
-    can_generate = getattr(model, "can_generate", None)
-    return bool(can_generate()) if callable(can_generate) else True
-
-
 def merged_model(run: Run, adapter_dir: Path) -> Any:
     """The saved adapter merged into a fresh, unquantized copy of the base at the recipe's dtype."""
     from peft import PeftModel
 
     extra = {k: v for k, v in run.model_kwargs.items() if k not in ("quantization_config", "device_map")}
-    if not generates(run.model):
+    if not is_language_model(run.model):
         extra |= {"head": "sequence_classification", "num_labels": run.model.config.num_labels}
     base, _ = load_pretrained(run.recipe.model, seed=run.recipe.seed, **extra)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
@@ -326,7 +321,7 @@ class AdapterMethod:
         section = run.section(self.name)
         config = self.config(section, loaded, run)
         model = loaded.model
-        if not generates(model):
+        if not is_language_model(model):
             # a classifier's new head (a reward model's score) trains in full next to the adapters: peft's SEQ_CLS does that
             config.task_type = "SEQ_CLS"
         if run.recipe.train.gradient_checkpointing:
