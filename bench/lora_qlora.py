@@ -67,10 +67,13 @@ def main() -> None:
         print(f"running {name} ({CONFIGS[name]}, {args.steps} steps)…", file=sys.stderr, flush=True)
         results[name] = run_one(name, RECIPES / CONFIGS[name], common, out / name)
 
-    reference = results.get("full") or next(iter(results.values()))
     ref_name = "full" if "full" in results else next(iter(results))
-    print(f"\nmodel {args.model}, {args.steps} steps x batch {args.batch_size}, max_length {args.max_length}; ratios vs {ref_name}")
-    header = f"{'config':<7}{'trainable':>12}{'train %':>9}{'peak MiB':>10}{'x mem':>7}{'train s':>9}{'x time':>8}{'tok/s':>9}{'eval loss':>11}{'saved MiB':>11}"
+    reference = results[ref_name]["train"]
+    print(f"\nmodel {args.model}, {args.steps} steps x batch {args.batch_size}, max_length {args.max_length}, "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; ratios vs {ref_name}")
+    print("memory: ptrain.measure_memory's peak during training; 'above' = minus the process's memory before the model loaded")
+    header = (f"{'config':<7}{'trainable':>12}{'train %':>9}{'peak MiB':>10}{'above':>8}{'x above':>9}"
+              f"{'weights':>9}{'grads':>7}{'optim':>7}{'act+':>7}{'train s':>9}{'x time':>8}{'eval loss':>11}{'saved MiB':>11}")
     print(header)
     print("-" * len(header))
     for name, m in results.items():
@@ -78,12 +81,17 @@ def main() -> None:
         trainable = m.get("lora", {}).get("trainable_parameters", train["trainable_parameters"])
         total = m.get("lora", {}).get("total_parameters", train["parameters"])
         saved = final.get("adapter_size_mb", final.get("model_size_mb"))
+        parts = train.get("memory_breakdown_mb", {})
         print(
             f"{name:<7}{trainable:>12,}{100 * trainable / total:>9.2f}"
-            f"{train['peak_memory_mb']:>10.1f}{train['peak_memory_mb'] / reference['train']['peak_memory_mb']:>7.2f}"
-            f"{train['train_time_s']:>9.1f}{train['train_time_s'] / reference['train']['train_time_s']:>8.2f}"
-            f"{train['tokens_per_s'] or 0:>9.0f}{final['eval_loss']:>11.4f}{saved:>11.3f}"
+            f"{train['peak_memory_mb']:>10.1f}{train['memory_above_baseline_mb']:>8.1f}"
+            f"{train['memory_above_baseline_mb'] / reference['memory_above_baseline_mb']:>9.2f}"
+            + "".join(f"{parts.get(k, float('nan')):>{w}.0f}" for k, w in (("weights", 9), ("gradients", 7), ("optimizer_state", 7), ("activations_and_other", 7)))
+            + f"{train['train_time_s']:>9.1f}{train['train_time_s'] / reference['train_time_s']:>8.2f}"
+            f"{final['eval_loss']:>11.4f}{saved:>11.3f}"
         )
+    print("weights / grads / optim / act+: the 'above' figure split (metrics.json train.memory_breakdown_mb); act+ = activations,"
+          " logits, temporaries and allocator slack")
     if "qlora" in results:
         q = results["qlora"]["qlora"]
         print(f"\nqlora base: {q['quantized_linear_layers']} linear layers in 4-bit {q['quant_type']}, footprint {q['base_memory_footprint_mb']} MiB")

@@ -1,17 +1,20 @@
 """What does ptrain cost over a hand-written TRL script? The same SFT job both ways, side by side.
 
-    python bench/sft_overhead.py [--steps 300]
+    python bench/sft_overhead.py [--steps 300] [--pairs 5]
 
 Runs ``recipes/sft_tiny.toml`` through ``ptrain run`` and an equivalent hand-written TRL script
 (same model weights, data, hyper-parameters and seed), each in its own process, then prints the
 wall-time ratios and both final losses. ptrain's extra work (evaluation, export) is timed
 separately: the training ratio compares ``trainer.train()`` against ``trainer.train()``.
+``--pairs N`` runs the two N times, alternating (ptrain, script, ptrain, script, ...) so that a
+drift of the machine's speed falls on both, and reports every pair's ratio and their median.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,28 +66,42 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
+def one_pair(steps: int, tmp: str) -> tuple[dict, dict, float, float]:
+    ptrain_wall, _ = timed(
+        [sys.executable, "-m", "ptrain", "run", "recipes/sft_tiny.toml", "--output-dir", f"{tmp}/ptrain", "--overwrite",
+         "--set", f"train.max_steps={steps}", "--set", "eval.base=false", "--set", "train.save_steps=0"]
+    )
+    ptrain = json.loads(Path(f"{tmp}/ptrain/metrics.json").read_text())["train"]
+    script = Path(tmp) / "hand_written.py"
+    script.write_text(HAND_WRITTEN)
+    trl_wall, out = timed([sys.executable, str(script), str(steps), f"{tmp}/trl"])
+    trl = json.loads(out.strip().splitlines()[-1])
+    return ptrain, trl, ptrain_wall, trl_wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ptrain_wall, _ = timed(
-            [sys.executable, "-m", "ptrain", "run", "recipes/sft_tiny.toml", "--output-dir", f"{tmp}/ptrain",
-             "--set", f"train.max_steps={args.steps}", "--set", "eval.base=false", "--set", "train.save_steps=0"]
-        )
-        ptrain = json.loads(Path(f"{tmp}/ptrain/metrics.json").read_text())
-        script = Path(tmp) / "hand_written.py"
-        script.write_text(HAND_WRITTEN)
-        trl_wall, out = timed([sys.executable, str(script), str(args.steps), f"{tmp}/trl"])
-        trl = json.loads(out.strip().splitlines()[-1])
+        for i in range(args.pairs):
+            ptrain, trl, ptrain_wall, trl_wall = one_pair(args.steps, tmp)
+            rows.append((ptrain, trl, ptrain_wall, trl_wall))
+            print(f"pair {i + 1}: train() {ptrain['train_time_s']:.2f} s vs {trl['train_time_s']:.2f} s, "
+                  f"ratio {ptrain['train_time_s'] / trl['train_time_s']:.3f}", file=sys.stderr, flush=True)
 
-    train_ratio = ptrain["train"]["train_time_s"] / trl["train_time_s"]
-    print(f"SFT, builtin:tiny-llama, {args.steps} steps x batch 32, same seed, one machine, one run")
-    print(f"{'':28}{'ptrain':>12}{'TRL script':>12}{'ratio':>8}")
-    print(f"{'trainer.train() seconds':28}{ptrain['train']['train_time_s']:>12.2f}{trl['train_time_s']:>12.2f}{train_ratio:>8.3f}")
-    print(f"{'process wall seconds':28}{ptrain_wall:>12.2f}{trl_wall:>12.2f}{ptrain_wall / trl_wall:>8.3f}")
-    print(f"{'final train loss':28}{ptrain['train']['train_loss']:>12.5f}{trl['train_loss']:>12.5f}")
-    print("(ptrain's process time also covers its final evaluation and model export, which the script does not do)")
+    print(f"SFT, builtin:tiny-llama, {args.steps} steps x batch 32, same seed, one machine, {args.pairs} alternating pairs")
+    print(f"{'pair':<6}{'ptrain train()':>16}{'TRL train()':>13}{'ratio':>8}{'ptrain wall':>13}{'TRL wall':>10}{'ptrain loss':>13}{'TRL loss':>10}")
+    ratios = []
+    for i, (ptrain, trl, ptrain_wall, trl_wall) in enumerate(rows, 1):
+        ratio = ptrain["train_time_s"] / trl["train_time_s"]
+        ratios.append(ratio)
+        print(f"{i:<6}{ptrain['train_time_s']:>16.2f}{trl['train_time_s']:>13.2f}{ratio:>8.3f}{ptrain_wall:>13.2f}{trl_wall:>10.2f}"
+              f"{ptrain['train_loss']:>13.5f}{trl['train_loss']:>10.5f}")
+    print(f"median train() ratio {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print("(ptrain's wall time also covers its final evaluation and model export, which the script does not do)")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,6 @@ def prepare_data(run: Run) -> DataSplits:
 def evaluate(run: Run, stage: str) -> dict[str, Any]:
     from ptrain._evaluation import (
         completion_loss,
-        generate,
         is_language_model,
         metric_for,
         perplexity,
@@ -145,7 +144,7 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
     }
     if not sample:  # eval.max_samples = 0: no generation metrics
         return metrics
-    generations = generate(run.model, run.tokenizer, [r["prompt"] for r in sample], section.max_new_tokens, section.batch_size)
+    generations = run.generate([r["prompt"] for r in sample], section.max_new_tokens)
     scores = task_scores(sample, generations.texts, section.metric)
     per_task: dict[str, list[float]] = defaultdict(list)
     for row, score in zip(sample, scores, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from ptrain import _artifacts
 from ptrain._bnb import keep_off_packed_path
 from ptrain._cards import write_missing_cards
 from ptrain._errors import ProcessLost, RunInterrupted, UsageError
-from ptrain._memory import measure_memory, memory_in_use_mb
+from ptrain._memory import measure_memory, memory_in_use_mb, training_breakdown, trim_freed_memory
 from ptrain._quiet import quiet_libraries
 from ptrain._recipe import Recipe
 from ptrain._redact import RedactingFilter, redact_argv, redact_toml
@@ -247,6 +248,8 @@ def _stages(run: Run) -> None:
         _artifacts.write_json(run.dir / "env.json", environment(recipe.seed))
     started = time.perf_counter()
     set_seed(recipe.seed)
+    gc.collect()  # in a pipeline, what the previous stage left is not this run's memory
+    trim_freed_memory()
     run._core.memory_baseline_mb = memory_in_use_mb()
 
     with _status(run, "loading model"):
@@ -376,6 +379,8 @@ def _train(run: Run) -> None:
     run._core.training_started = True
     if run._core.on_started is not None:
         run._core.on_started()  # the run it replaces (--overwrite) can go now
+    trim_freed_memory()  # what loading freed is not training memory
+    before_training_mb = memory_in_use_mb()
     started = time.perf_counter()
     lost: BaseException | None = None
     try:
@@ -394,6 +399,7 @@ def _train(run: Run) -> None:
         saved = _latest_checkpoint(run.dir / "checkpoints")
         raise ProcessLost(peer_lost_message(lost, trainer.state.global_step, world_size(), saved)) from lost
     seconds = time.perf_counter() - started
+    run._core.trained_steps += 1  # answers generated before training are stale
     state = trainer.state
     if stopper is not None and stopper.stopped_by:
         if run.is_main_process:
@@ -414,6 +420,8 @@ def _train(run: Run) -> None:
         "tokens_seen": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
         **memory.as_metrics(),
+        "memory_before_training_mb": round(before_training_mb, 1),
+        "memory_breakdown_mb": training_breakdown(run.model, getattr(trainer, "optimizer", None), memory),
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
         "world_size": world_size(),

@@ -10,6 +10,12 @@
   training cost on top of the libraries the process imported (about 480 MiB of torch,
   transformers, trl and peft on CPU, the same for every method).
 
+* **breakdown** (:func:`training_breakdown`): the training peak above the baseline split into the
+  model as loaded (parameters and buffers, ``footprint_bytes``), gradients (one per trainable
+  parameter, its dtype), optimizer state (the optimizer's tensors after training) and the rest:
+  activations, logits, temporaries, and memory the allocator holds (on CPU, freed memory that was not
+  returned to the system counts as resident).
+
 All figures in MiB.
 """
 
@@ -121,11 +127,44 @@ class measure_memory:
 def footprint_bytes(model: Any) -> int:
     """Bytes of a model's parameters and buffers as stored: a tensor subclass (torchao) is counted by
     the inner tensors that hold it, where ``get_memory_footprint`` counts it at its outer dtype."""
+    return sum(_bytes(t) for t in [*model.parameters(), *model.buffers()])
 
-    def size(tensor: Any) -> int:
-        if hasattr(tensor, "__tensor_flatten__"):
-            names, _ = tensor.__tensor_flatten__()
-            return sum(size(inner) for inner in (getattr(tensor, n) for n in names) if inner is not None)
-        return tensor.nbytes
 
-    return sum(size(t) for t in [*model.parameters(), *model.buffers()])
+def trim_freed_memory() -> None:
+    """Give memory freed inside the process back to the system (glibc ``malloc_trim``), so that what
+    loading allocated and freed (a model quantized after loading, a converted checkpoint) is not counted
+    as resident for the rest of the run. A no-op on CUDA memory and on other C libraries."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+def _bytes(tensor: Any) -> int:
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_bytes(inner) for inner in (getattr(tensor, n) for n in names) if inner is not None)
+    return tensor.nbytes
+
+
+def training_breakdown(model: Any, optimizer: Any, usage: MemoryUsage) -> dict[str, float]:
+    """Where the training peak above the baseline went, in MiB: ``weights`` (the model's parameters and
+    buffers), ``gradients`` (trainable parameters' size), ``optimizer_state`` (tensors the optimizer
+    holds) and ``activations_and_other``, the remainder (activations, logits, temporaries, allocator
+    slack). On CUDA every term is allocated memory; on CPU the remainder also holds what the C
+    allocator kept."""
+    import torch
+
+    weights = footprint_bytes(model)
+    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    state = 0
+    for per_parameter in getattr(optimizer, "state", {}).values():
+        for value in per_parameter.values() if isinstance(per_parameter, dict) else ():
+            if isinstance(value, torch.Tensor):
+                state += _bytes(value)
+    parts = {"weights": weights / MIB, "gradients": gradients / MIB, "optimizer_state": state / MIB}
+    parts["activations_and_other"] = max(usage.above_baseline_mb - sum(parts.values()), 0.0)
+    return {name: round(value, 1) for name, value in parts.items()}

@@ -32,6 +32,10 @@ class CoreState:
     """Rank 0's weightless copy of the model before sharded (FSDP) training, filled again after it."""
     tracking: Any = None
     """The experiment trackers this run opened (``train.report_to``), until they are closed."""
+    trained_steps: int = 0
+    """Bumped when training ends: answers generated before it are stale."""
+    answers: tuple[Any, Any] | None = None
+    """The last :meth:`Run.generate` call's key and result."""
 
 
 @dataclass
@@ -73,6 +77,24 @@ class Run:
     def section(self, name: str) -> Any:
         """The validated object of recipe section ``name``."""
         return self.recipe.section(name)
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> Any:
+        """Greedy answers of the run's model to ``prompts`` (:class:`ptrain.Generations`), in batches of
+        ``[eval] batch_size``.
+
+        The core's evaluation generates through this too: a method that scores the same held-out
+        prompts at the same length (a reward, a format check) gets the answers the core already
+        generated at this stage instead of generating them again. Answers are never reused across
+        training or for another model object.
+        """
+        from ptrain._evaluation import generate
+
+        key = (id(self.model), self._core.trained_steps, tuple(prompts), max_new_tokens, self.recipe.eval.batch_size)
+        if self._core.answers is not None and self._core.answers[0] == key:
+            return self._core.answers[1]
+        result = generate(self.model, self.tokenizer, prompts, max_new_tokens, self.recipe.eval.batch_size)
+        self._core.answers = (key, result)
+        return result
 
     def record_model(self, label: str, *, model: str, final: dict[str, Any], train: dict[str, Any] | None = None) -> None:
         """Report another model this run measured (a teacher, a baseline, a quantized variant).

@@ -126,7 +126,7 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         "optim": train.optim,
         "use_cpu": not torch.cuda.is_available(),
         "dataloader_num_workers": 0,
-        "include_num_input_tokens_seen": True,
+        "include_num_input_tokens_seen": "non_padding",  # tokens/s counts real tokens: padded and packed batches compare
         **precision_flags(train.precision),
         **distributed_arguments(run),
     }

@@ -28,7 +28,6 @@ from ptrain import (
     ReportRow,
     Run,
     check_model_name,
-    generate,
     hookimpl,
     is_adapter_model,
     load_pretrained,
@@ -251,7 +250,7 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
         return None
     section: GRPOSection = run.section("grpo")
     prompts = [r["prompt"] for r in rows]
-    answers = generate(run.model, run.tokenizer, prompts, section.max_completion_length, run.recipe.eval.batch_size)
+    answers = run.generate(prompts, section.max_completion_length)  # shared with the core's evaluation at equal lengths
     columns = {key: [r[key] for r in rows] for key in rows[0] if key not in ("prompt", "completion")}
     totals = [0.0] * len(rows)
     means: dict[str, float | None] = {}

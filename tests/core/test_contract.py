@@ -260,3 +260,30 @@ def test_load_pretrained_names_the_key_and_reads_run_directories(tmp_path):
     assert model_location(str(run_dir)) == str(run_dir / "model")
     model, tokenizer = load_pretrained(str(run_dir))
     assert type(model).__name__ == "GPT2LMHeadModel" and tokenizer.pad_token is not None
+
+
+def test_run_generate_shares_answers_within_a_stage_and_never_across_training(tmp_path, monkeypatch):
+    """The core's evaluation and a method scoring the same prompts share one generation pass; answers
+    are generated again after training or for another model object."""
+    from ptrain import _evaluation
+    from ptrain._run import Run
+    from ptrain.testing import validate
+
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size):
+        calls.append((model, tuple(prompts), max_new_tokens, batch_size))
+        return _evaluation.Generations(texts=[f"{model}:{p}" for p in prompts], new_tokens=1, seconds=1.0)
+
+    monkeypatch.setattr(_evaluation, "generate", fake_generate)
+    run = Run(recipe=validate(tiny_recipe(["sft"], eval={"batch_size": 4})), dir=tmp_path)
+    run.model = "base"
+    first = run.generate(["a", "b"], 8)
+    assert run.generate(["a", "b"], 8) is first and len(calls) == 1
+    assert run.generate(["a", "b"], 16).texts == ["base:a", "base:b"] and len(calls) == 2  # another length
+    run._core.trained_steps += 1  # what the core does when training ends
+    run.generate(["a", "b"], 16)
+    assert len(calls) == 3
+    run.model = "other"
+    assert run.generate(["a", "b"], 16).texts == ["other:a", "other:b"] and len(calls) == 4
+    assert calls[0][3] == 4  # batches of [eval] batch_size

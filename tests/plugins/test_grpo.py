@@ -77,3 +77,71 @@ def test_grpo_with_lora_trains_adapters_checkpoints_and_exports(ptrain_run, tmp_
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     # the adapters merged into a plain model: the base's parameters, no adapter ones
     assert sum(p.numel() for p in model.parameters()) == train["parameters"] - train["trainable_parameters"]
+
+
+GRPO_LORA = (
+    'name = "grpo-lora"\nmethods = ["grpo", "lora"]\nseed = 5\n'
+    '[model]\nname = "builtin:tiny-llama"\n'
+    '[data]\nsource = "builtin:tasks"\ntasks = ["reverse"]\nnum_examples = 200\neval_size = 8\n'
+    "[grpo]\nmax_completion_length = 8\n"
+    "[train]\nmax_steps = {steps}\nbatch_size = 8\nlearning_rate = 1e-3\nlogging_steps = 1\nsave_steps = 2\n"
+    "[eval]\nmax_samples = 8\nmax_new_tokens = 8\nbatch_size = 8\n[output]\nplots = false\n"
+)
+
+
+@pytest.mark.slow
+def test_grpo_with_lora_runs_on_two_processes(tmp_path):
+    """--nproc 2: each process samples its share of the groups; one adapter and one set of metrics come out."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "grpo.toml"
+    recipe.write_text(GRPO_LORA.format(steps=4))
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "ptrain", "run", str(recipe), "--output-dir", str(out), "--nproc", "2"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2 and metrics["train"]["steps"] == 4
+    assert [e["step"] for e in json.loads((out / "log_history.json").read_text()) if "reward" in e] == [1, 2, 3, 4]
+    assert (out / "checkpoints" / "checkpoint-4").is_dir() and (out / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_with_lora_stops_on_ctrl_c_and_resumes_from_its_checkpoint(tmp_path):
+    """Ctrl-C during GRPO: a checkpoint and exit 130; --resume continues from it to the last step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "grpo.toml"
+    recipe.write_text(GRPO_LORA.format(steps=12))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "ptrain", "run", str(recipe), "--output-dir", str(out)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGINT)
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 130, output[-3000:]
+    assert "--resume" in output and "Traceback" not in output
+    assert "final" not in json.loads((out / "metrics.json").read_text())  # the base evaluation only
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 12
+    start = int(metrics["train"]["resumed_from"].rsplit("-", 1)[1])
+    assert 2 <= start < 12
+    logged = [e["step"] for e in json.loads((out / "log_history.json").read_text()) if "reward" in e]
+    assert logged == list(range(1, 13))  # the checkpoint's history, then the resumed steps
+    assert (out / "adapter" / "adapter_config.json").is_file()

@@ -87,7 +87,15 @@ def test_lora_beats_base_and_exports_reload(run_recipe, trained_tiny_llama):
     assert lora["trainable_percent"] < 5
     final = run.metrics["final"]
     assert 0 < final["adapter_size_mb"] < 0.2 * final["model_size_mb"]
-    assert run.metrics["train"]["peak_memory_mb"] > 0 and run.metrics["train"]["tokens_per_s"] > 0
+    train = run.metrics["train"]
+    assert train["peak_memory_mb"] > 0 and train["tokens_per_s"] > 0
+    # the memory breakdown: gradients are the trainable parameters' fp32 size, AdamW keeps two moments of
+    # each, the parts add up to the figure they split
+    parts = train["memory_breakdown_mb"]
+    assert parts["gradients"] == pytest.approx(lora["trainable_parameters"] * 4 / 2**20, abs=0.1)
+    assert parts["optimizer_state"] == pytest.approx(2 * parts["gradients"], abs=0.1)
+    assert parts["weights"] >= final["adapter_size_mb"]
+    assert sum(parts.values()) == pytest.approx(train["memory_above_baseline_mb"], abs=0.3) or parts["activations_and_other"] == 0
 
     in_memory = [json.loads(line)["generation"] for line in (run.dir / "samples.jsonl").read_text().splitlines()]
     assert in_memory == _generations(run.model, run.tokenizer, run)
