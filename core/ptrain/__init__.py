@@ -10,7 +10,7 @@ Importing ``ptrain`` imports no heavy library: the functions that need torch imp
 from __future__ import annotations
 
 from ptrain._artifacts import atomic_dir, dir_size, write_json, write_jsonl, write_text
-from ptrain._bnb import unfit_4bit_layers
+from ptrain._bnb import release_checkpoint_file, unfit_4bit_layers
 from ptrain._cards import write_model_card
 from ptrain._data import chat_prompt, render_prompt, to_dataset
 from ptrain._errors import DataError, PtrainError, RecipeError, UsageError
@@ -74,7 +74,7 @@ __all__ = [
     # checks at validation (nothing heavy)
     "check_template", "check_model_name", "is_local",
     # models
-    "load_pretrained", "model_location", "resolve_dtype", "unfit_4bit_layers", "frozen_copy", "is_adapter_model",
+    "load_pretrained", "model_location", "resolve_dtype", "unfit_4bit_layers", "release_checkpoint_file", "frozen_copy", "is_adapter_model",
     # data
     "to_dataset", "render_prompt", "chat_prompt", "text_field", "chat_messages", "conversation",
     "ALPACA_TEMPLATE", "ALPACA_TEMPLATE_NO_INPUT", "TASKS", "Task", "generate_tasks",

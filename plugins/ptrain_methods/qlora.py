@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import Recipe, RecipeError, ReportRow, Run, hookimpl, resolve_dtype
+from ptrain import Recipe, RecipeError, ReportRow, Run, hookimpl, release_checkpoint_file, resolve_dtype
 
 ADAPTER_METHOD = "lora"
 
@@ -118,4 +118,6 @@ def load_model(run: Run) -> Any:
     )
     run.metrics["qlora"] = summary
     prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=run.recipe.train.gradient_checkpointing)
+    # the fp32 checkpoint quantizing read would otherwise stay mapped (and resident) for the whole run
+    release_checkpoint_file(loaded.model)
     return loaded
