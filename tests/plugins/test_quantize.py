@@ -1,6 +1,7 @@
 """The quantize method: INT8 / NF4 (bitsandbytes) and torchao INT8 exports that reload with plain transformers, measured honestly."""
 
 import importlib.metadata
+import importlib.util
 import json
 import math
 import subprocess
@@ -297,6 +298,8 @@ def test_a_backend_that_cannot_run_the_variant_fails_before_loading(monkeypatch,
         ({"variants": []}, r"quantize\.variants: needs at least one variant"),
         ({"window": 64, "stride": 128}, r"quantize\.stride: need 0 < stride <= window"),
         ({"source": "./no/such/model"}, r"quantize\.source: model directory './no/such/model' not found"),
+        ({"keep_modules": ["down_proj", ""]}, r"quantize\.keep_modules: needs module names such as \"down_proj\", got ''"),
+        ({"keep_modules": ["proj("]}, r"quantize\.keep_modules: 'proj\(' is not a valid name pattern"),
     ],
 )
 def test_section_errors(quantize, message):
@@ -309,3 +312,47 @@ def test_recipes_validate():
     recipe = load_recipe(RECIPES / "sft_quantize_tiny.toml")
     assert recipe.methods == ["sft", "quantize"] and recipe.sections["quantize"].variants == ["int8", "nf4"]
 
+
+
+KEEP_RELOAD = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+from transformers import AutoModelForCausalLM
+
+result = {}
+for variant in sys.argv[2:]:
+    model = AutoModelForCausalLM.from_pretrained(f"{sys.argv[1]}/{variant}")
+    result[variant] = {
+        name: f"{type(module).__name__}/{type(module.weight).__name__}"
+        for name, module in model.named_modules() if name.endswith(("down_proj", "up_proj", "q_proj", "lm_head"))
+    }
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.slow
+def test_keep_modules_stay_unquantized_in_the_compute_dtype_and_reload_so(run_recipe):
+    """``keep_modules`` (SmolLM2's recommended 4-bit: attention and down_proj kept in bfloat16): the named
+    layers stay plain Linear in the 4-bit export, every other one is 4-bit, the output head stays
+    unquantized; an 8-bit variant of the same recipe quantizes every layer."""
+    variants = ["nf4", "int8"]
+    recipe = quantize_recipe("builtin:tiny-llama", variants=variants, keep_modules=["down_proj", "q_proj"], compute_dtype="bfloat16")
+    recipe["data"].update(num_examples=200, eval_size=20)
+    recipe["eval"].update(max_samples=4)
+    run = run_recipe(recipe)
+    table = run.metrics["quantize"]
+    assert table["keep_modules"] == ["down_proj", "q_proj"] and table["compute_dtype"] == "bfloat16"
+    out = subprocess.run([sys.executable, "-c", KEEP_RELOAD, str(run.dir / "quantized"), *variants], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reloaded = json.loads(out.stdout.strip().splitlines()[-1])
+    nf4, int8 = reloaded["nf4"], reloaded["int8"]
+    assert nf4["lm_head"] == int8["lm_head"] == "Linear/Parameter"
+    kept = [name for name in nf4 if name.endswith(("down_proj", "q_proj"))]
+    assert len(kept) == 8 and all(nf4[name] == "Linear/Parameter" for name in kept), nf4
+    assert {nf4[name] for name in nf4 if name.endswith("up_proj")} == {"Linear4bit/Params4bit"}, nf4
+    assert {int8[name] for name in int8 if name != "lm_head"} == {"Linear8bitLt/Int8Params"}, int8
+    # two of seven projections kept in bfloat16: still smaller than the unquantized model
+    assert table["models"]["nf4"]["footprint_ratio"] < 1
+    assert "Kept unquantized by the recipe (`keep_modules`): down_proj, q_proj." in (run.dir / "quantized" / "nf4" / "README.md").read_text()
+    assert "keep_modules" not in (run.dir / "quantized" / "int8" / "README.md").read_text()

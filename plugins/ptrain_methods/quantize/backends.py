@@ -97,8 +97,8 @@ def bnb_config(variant: str, section: Any, skip: list[str] | None = None) -> Any
         options["llm_int8_threshold"] = section.llm_int8_threshold
     else:
         options["bnb_4bit_compute_dtype"] = compute_dtype(section.compute_dtype)
-        if skip:
-            options["llm_int8_skip_modules"] = list(skip)
+    if skip:  # replaces transformers' default list (the output head): callers name the head in it
+        options["llm_int8_skip_modules"] = list(skip)
     return BitsAndBytesConfig(**options)
 
 
@@ -197,6 +197,18 @@ def four_bit_skip_modules(location: str) -> list[str] | None:
     unfit = unfit_4bit_layers(model)
     if not unfit:
         return None
+    return sorted({*unfit, *_heads(model)})
+
+
+def _heads(model: Any) -> list[str]:
     head = model.get_output_embeddings()
-    heads = [name for name, module in model.named_modules() if head is not None and module is head]
-    return sorted({*unfit, *heads})
+    return [name for name, module in model.named_modules() if head is not None and module is head]
+
+
+def head_modules(location: str) -> list[str]:
+    """Names of the output head of the model at ``location`` (built on the meta device, no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return _heads(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location)))

@@ -32,6 +32,7 @@ from .backends import (
     compute_dtype,
     device_name,
     four_bit_skip_modules,
+    head_modules,
     quantization_config,
     quiet,
 )
@@ -73,13 +74,16 @@ def quantize_and_measure(run: Run, section: Any, source: str) -> list[str]:
             "4-bit CPU layout (out_features a multiple of 32, in_features of 64): %s", len(skip), ", ".join(skip),
         )
     unquantized = {v: skip for v in section.variants if skip and v in VARIANTS and v != "int8"}
+    kept = [*section.keep_modules, *head_modules(source)] if section.keep_modules else []
     tokenizer = None
     for variant in section.variants:
         target = run.dir / "quantized" / variant
         run.log.info("quantize: %s -> %s", variant, target)
         with atomic_dir(target) as tmp:
             try:
-                config = quantization_config(variant, section, unquantized.get(variant))
+                four_bit = variant in VARIANTS and variant != "int8"
+                skip_list = sorted({*(unquantized.get(variant) or []), *kept}) if four_bit and kept else unquantized.get(variant)
+                config = quantization_config(variant, section, skip_list)
                 model, tokenizer = _load(source, quantization_config=config, dtype=dtype, device_map=device_name())
             except UsageError:
                 raise
@@ -98,6 +102,7 @@ def quantize_and_measure(run: Run, section: Any, source: str) -> list[str]:
         "device": device_name(),
         "compute_dtype": str(dtype).removeprefix("torch."),
         "llm_int8_threshold": section.llm_int8_threshold,
+        "keep_modules": list(section.keep_modules),
     }
     if section.evaluate:
         text = perplexity_text(run, section)
@@ -124,7 +129,7 @@ def quantize_and_measure(run: Run, section: Any, source: str) -> list[str]:
     run.metrics["quantize"] = table
     for variant in section.variants:
         measured = (table.get("models") or {}).get(variant)
-        write_model_card(run, run.dir / "quantized" / variant, kind="quantized", notes=card_notes(variant, source, measured, unquantized.get(variant)))
+        write_model_card(run, run.dir / "quantized" / variant, kind="quantized", notes=card_notes(variant, source, measured, unquantized.get(variant), section.keep_modules if variant in VARIANTS and variant != "int8" else None))
     return written
 
 
@@ -139,12 +144,14 @@ FORMATS = {
 }
 
 
-def card_notes(variant: str, source: str, measured: dict[str, Any] | None, skipped: list[str] | None) -> str:
+def card_notes(variant: str, source: str, measured: dict[str, Any] | None, skipped: list[str] | None, kept: list[str] | None = None) -> str:
     """The model card's section on a quantized variant: its format and what quantizing cost, as measured."""
     lines = ["## Quantization", "", f"Variant `{variant}`: {FORMATS.get(variant, variant)}, made by {backend_label(variant)} "
              f"from `{source}` and saved in safetensors with its `quantization_config`."]
     if skipped:
         lines.append(f"{len(skipped)} layers stay unquantized (their shape does not fit the 4-bit CPU layout): {', '.join(skipped)}.")
+    if kept:
+        lines.append(f"Kept unquantized by the recipe (`keep_modules`): {', '.join(kept)}.")
     if not measured:
         lines.append("\nNot measured (`quantize.evaluate = false`).")
         return "\n".join(lines)
