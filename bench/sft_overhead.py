@@ -6,8 +6,9 @@ Runs ``recipes/sft_tiny.toml`` through ``ptrain run`` and an equivalent hand-wri
 (same model weights, data, hyper-parameters and seed), each in its own process, then prints the
 wall-time ratios and both final losses. ptrain's extra work (evaluation, export) is timed
 separately: the training ratio compares ``trainer.train()`` against ``trainer.train()``.
-``--pairs N`` runs the two N times, alternating (ptrain, script, ptrain, script, ...) so that a
-drift of the machine's speed falls on both, and reports every pair's ratio and their median.
+``--pairs N`` runs the two N times, the order alternating from pair to pair (ptrain then script, script
+then ptrain, ...) so that a drift of the machine's speed falls on both, and reports every pair's ratio
+and their median.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ HAND_WRITTEN = textwrap.dedent(
     import datasets
     from ptrain._models import builtin_checkpoint
     from ptrain._tasks import generate
-    from ptrain._sections import ALPACA_TEMPLATE
+    from ptrain._formats import ALPACA_TEMPLATE
 
     steps, out = int(sys.argv[1]), sys.argv[2]
     datasets.disable_progress_bars()
@@ -66,16 +67,30 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, done.stdout
 
 
-def one_pair(steps: int, tmp: str) -> tuple[dict, dict, float, float]:
-    ptrain_wall, _ = timed(
+def run_ptrain(steps: int, tmp: str) -> tuple[dict, float]:
+    wall, _ = timed(
         [sys.executable, "-m", "ptrain", "run", "recipes/sft_tiny.toml", "--output-dir", f"{tmp}/ptrain", "--overwrite",
          "--set", f"train.max_steps={steps}", "--set", "eval.base=false", "--set", "train.save_steps=0"]
     )
-    ptrain = json.loads(Path(f"{tmp}/ptrain/metrics.json").read_text())["train"]
+    return json.loads(Path(f"{tmp}/ptrain/metrics.json").read_text())["train"], wall
+
+
+def run_script(steps: int, tmp: str) -> tuple[dict, float]:
     script = Path(tmp) / "hand_written.py"
     script.write_text(HAND_WRITTEN)
-    trl_wall, out = timed([sys.executable, str(script), str(steps), f"{tmp}/trl"])
-    trl = json.loads(out.strip().splitlines()[-1])
+    wall, out = timed([sys.executable, str(script), str(steps), f"{tmp}/trl"])
+    return json.loads(out.strip().splitlines()[-1]), wall
+
+
+def one_pair(steps: int, tmp: str, script_first: bool) -> tuple[dict, dict, float, float]:
+    """One ptrain run and one script run; which goes first alternates from pair to pair (A B, B A, ...),
+    so that a machine getting faster or slower over the minutes does not favour either side."""
+    if script_first:
+        trl, trl_wall = run_script(steps, tmp)
+        ptrain, ptrain_wall = run_ptrain(steps, tmp)
+    else:
+        ptrain, ptrain_wall = run_ptrain(steps, tmp)
+        trl, trl_wall = run_script(steps, tmp)
     return ptrain, trl, ptrain_wall, trl_wall
 
 
@@ -87,7 +102,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs):
-            ptrain, trl, ptrain_wall, trl_wall = one_pair(args.steps, tmp)
+            ptrain, trl, ptrain_wall, trl_wall = one_pair(args.steps, tmp, script_first=i % 2 == 1)
             rows.append((ptrain, trl, ptrain_wall, trl_wall))
             print(f"pair {i + 1}: train() {ptrain['train_time_s']:.2f} s vs {trl['train_time_s']:.2f} s, "
                   f"ratio {ptrain['train_time_s'] / trl['train_time_s']:.3f}", file=sys.stderr, flush=True)

@@ -379,6 +379,10 @@ def _train(run: Run) -> None:
     run._core.training_started = True
     if run._core.on_started is not None:
         run._core.on_started()  # the run it replaces (--overwrite) can go now
+    # the objects alive now (modules, recipe, data) live on through training: out of the garbage
+    # collector's full passes, which otherwise walk them again and again while autograd churns
+    gc.collect()
+    gc.freeze()
     trim_freed_memory()  # what loading freed is not training memory
     before_training_mb = memory_in_use_mb()
     started = time.perf_counter()
@@ -393,6 +397,7 @@ def _train(run: Run) -> None:
         if stopper is not None:  # torchrun's SIGTERM to the survivors is ignored while they say why and exit
             stopper.stopped_by = stopper.stopped_by or "lost process"
     finally:
+        gc.unfreeze()
         if stopper is not None and lost is None:
             stopper.on_train_end(None, None, None)
     if lost is not None:
