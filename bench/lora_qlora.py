@@ -15,27 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _runs import ptrain_run
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 CONFIGS = {"full": "sft_tiny.toml", "lora": "lora_tiny.toml", "qlora": "qlora_tiny.toml"}
-
-
-def run_one(name: str, recipe: Path, overrides: list[str], out: Path) -> dict:
-    command = [sys.executable, "-c", "from ptrain._cli import main; main()", "run", str(recipe), "--output-dir", str(out), "--overwrite"]
-    for item in overrides:
-        command += ["--set", item]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{name}: ptrain run failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["process_s"] = time.perf_counter() - started
-    return metrics
 
 
 def main() -> None:
@@ -65,7 +52,7 @@ def main() -> None:
     results = {}
     for name in args.only:
         print(f"running {name} ({CONFIGS[name]}, {args.steps} steps)…", file=sys.stderr, flush=True)
-        results[name] = run_one(name, RECIPES / CONFIGS[name], common, out / name)
+        results[name] = ptrain_run(name, RECIPES / CONFIGS[name], common, out / name)
 
     ref_name = "full" if "full" in results else next(iter(results))
     reference = results[ref_name]["train"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _runs import ptrain_run
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sft_tiny.toml"
 
@@ -43,16 +43,7 @@ def run_one(packing: bool, args: argparse.Namespace, out: Path) -> dict:
         "output.plots=false",
         "output.save_model=false",
     ]
-    command = [sys.executable, "-m", "ptrain", "run", str(RECIPE), "--output-dir", str(out), "--overwrite"]
-    for item in overrides:
-        command += ["--set", item]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"packing={packing}: ptrain run failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["process_s"] = time.perf_counter() - started
-    return metrics
+    return ptrain_run("packed" if packing else "padded", RECIPE, overrides, out)
 
 
 def main() -> None:
