@@ -24,7 +24,7 @@ from _runs import ptrain_run
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sft_tiny.toml"
 
 
-def run_one(packing: bool, args: argparse.Namespace, out: Path) -> dict:
+def run_one(packing: bool, args: argparse.Namespace, out: Path, batch_size: int) -> dict:
     overrides = [
         f"model.name={json.dumps(args.model)}",
         'data.tasks=["arithmetic", "avro"]',
@@ -33,7 +33,7 @@ def run_one(packing: bool, args: argparse.Namespace, out: Path) -> dict:
         f"data.chat={str(args.chat).lower()}",
         "train.max_steps=-1",
         "train.epochs=1",
-        f"train.batch_size={args.batch_size}",
+        f"train.batch_size={batch_size}",
         f"train.max_length={args.max_length}",
         f"train.learning_rate={args.learning_rate}",
         "train.logging_steps=5",
@@ -53,20 +53,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--packed-batch-size", type=int, default=0, help="rows per packed batch; default: the padded run's tokens per step / max_length")
     parser.add_argument("--chat", action="store_true", help="format rows with the model's chat template")
     parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="ptrain-bench-packing-"))
 
-    results = {}
-    for packing in (False, True):
-        label = "packed" if packing else "padded"
-        print(f"running {label}…", file=sys.stderr, flush=True)
-        results[label] = run_one(packing, args, out / label)
+    print("running padded…", file=sys.stderr, flush=True)
+    results = {"padded": run_one(False, args, out / "padded", args.batch_size)}
+    # the packed run gets as many tokens per step as the padded one had (so as many optimizer steps for
+    # the epoch): its rows are max_length long, the padded ones only as long as a batch's longest row
+    padded_train = results["padded"]["train"]
+    packed_batch = args.packed_batch_size or max(1, round(padded_train["tokens_seen"] / padded_train["steps"] / args.max_length))
+    print(f"running packed (batch {packed_batch} x {args.max_length} tokens)…", file=sys.stderr, flush=True)
+    results["packed"] = run_one(True, args, out / "packed", packed_batch)
 
     padded, packed = results["padded"]["train"], results["packed"]["train"]
-    print(f"\nSFT of {args.model}, one epoch of {args.examples} rows (arithmetic + avro), batch {args.batch_size} rows, "
-          f"max_length {args.max_length}")
+    print(f"\nSFT of {args.model}, one epoch of {args.examples} rows (arithmetic + avro), max_length {args.max_length}; "
+          f"padded batches of {args.batch_size} rows, packed batches of {packed_batch} rows of {args.max_length} tokens")
     header = f"{'':8}{'steps':>7}{'tokens':>10}{'train s':>10}{'tokens/s':>10}{'eval loss':>11}{'peak above MiB':>16}"
     print(header)
     print("-" * len(header))
