@@ -144,10 +144,11 @@ def trim_freed_memory() -> None:
 
 
 def _bytes(tensor: Any) -> int:
+    """Bytes of a tensor as stored; a tensor subclass (torchao, a sharded DTensor) by the tensors inside it."""
     if hasattr(tensor, "__tensor_flatten__"):
         names, _ = tensor.__tensor_flatten__()
-        return sum(_bytes(inner) for inner in (getattr(tensor, n) for n in names) if inner is not None)
-    return tensor.nbytes
+        return sum(_bytes(inner) for inner in (getattr(tensor, n, None) for n in names) if hasattr(inner, "nbytes") or hasattr(inner, "__tensor_flatten__"))
+    return int(getattr(tensor, "nbytes", 0))
 
 
 def training_breakdown(model: Any, optimizer: Any, usage: MemoryUsage) -> dict[str, float]:
