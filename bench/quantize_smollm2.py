@@ -93,7 +93,7 @@ def main() -> None:
     from ptrain._artifacts import dir_size
     from ptrain._evaluation import generate, sliding_window_perplexity
     from ptrain_methods.quantize import QuantizeSection
-    from ptrain_methods.quantize.backends import backend, head_modules, quantization_config
+    from ptrain_methods.quantize.backends import four_bit_skip_list, is_four_bit, quantization_config
     from ptrain_methods.quantize.backends import quiet as _quiet
     from ptrain_methods.quantize.measure import _load as _load_pair
 
@@ -129,7 +129,7 @@ def main() -> None:
                 model = _load(str(reference), dtype=dtype)
             else:
                 preset = QuantizeSection(variants=[variant], compute_dtype=dtype_name, keep_modules=keep)
-                skip = sorted({*keep, *head_modules(str(reference))}) if keep and backend(variant) == "bitsandbytes" else None
+                skip = four_bit_skip_list(preset, str(reference)) if is_four_bit(variant) else None
                 model = _load(str(reference), quantization_config=quantization_config(variant, preset, skip), dtype=dtype)
             model.save_pretrained(target)
             tokenizer.save_pretrained(target)

@@ -69,14 +69,11 @@ def release_checkpoint_file(model: Any) -> None:
     (embeddings, norms, the output head of a 4-bit model) as views of that mapping. Quantizing read
     every page of the file, and while one view is alive the whole file stays mapped and counted in
     the process's resident memory: about 500 MiB of an fp32 SmolLM2-135M for a 4-bit model of
-    160 MiB. Copying the unconverted tensors (a few MiB, plus the embedding) lets the mapping go.
+    160 MiB. Copying the unconverted tensors (a few MiB, plus the embedding) drops the last views, and the mapping
+    goes with them (the core gives freed memory back to the system before training).
     Tied parameters stay tied (each Parameter object is updated in place).
     """
-    import gc
-
     import torch
-
-    from ptrain._memory import trim_freed_memory
 
     with torch.no_grad():
         for module in model.modules():
@@ -86,5 +83,3 @@ def release_checkpoint_file(model: Any) -> None:
             for name, buffer in list(module.named_buffers(recurse=False)):
                 if buffer is not None:
                     module._buffers[name] = buffer.clone()
-    gc.collect()
-    trim_freed_memory()

@@ -54,6 +54,11 @@ def torchao_problem() -> str | None:
     return package_problem("torchao", MIN_TORCHAO, "its int8 weights export to safetensors from 0.16")
 
 
+def is_four_bit(variant: str) -> bool:
+    """Whether ``variant`` is one of bitsandbytes' 4-bit formats (``nf4``, ``fp4``, their ``-dq`` forms)."""
+    return variant in VARIANTS and variant != "int8"
+
+
 def backend(variant: str) -> str:
     """The library that makes ``variant``: ``torchao`` or ``bitsandbytes``."""
     return "torchao" if variant in TORCHAO_VARIANTS else "bitsandbytes"
@@ -203,6 +208,15 @@ def four_bit_skip_modules(location: str) -> list[str] | None:
 def _heads(model: Any) -> list[str]:
     head = model.get_output_embeddings()
     return [name for name, module in model.named_modules() if head is not None and module is head]
+
+
+def four_bit_skip_list(section: Any, location: str, unfit: list[str] | None = None) -> list[str] | None:
+    """``llm_int8_skip_modules`` of the 4-bit variants of the model at ``location``: the layers that do not
+    fit the CPU layout (``unfit``, from :func:`four_bit_skip_modules`) and the recipe's ``keep_modules``,
+    with the output head (a given list replaces transformers' default one, which keeps the head)."""
+    if not section.keep_modules:
+        return unfit
+    return sorted({*(unfit or []), *section.keep_modules, *head_modules(location)})
 
 
 def head_modules(location: str) -> list[str]:

@@ -27,12 +27,12 @@ from ptrain import (
 
 from .backends import (
     UNQUANTIZED,
-    VARIANTS,
     backend_label,
     compute_dtype,
     device_name,
+    four_bit_skip_list,
     four_bit_skip_modules,
-    head_modules,
+    is_four_bit,
     quantization_config,
     quiet,
 )
@@ -67,23 +67,21 @@ def _load(location: str, **kwargs: Any) -> tuple[Any, Any]:
 def quantize_and_measure(run: Run, section: Any, source: str) -> list[str]:
     dtype = compute_dtype(section.compute_dtype)
     written: list[str] = []
-    skip = four_bit_skip_modules(source) if any(v in VARIANTS and v != "int8" for v in section.variants) else None
+    skip = four_bit_skip_modules(source) if any(is_four_bit(v) for v in section.variants) else None
     if skip:
         run.log.warning(
             "quantize: %d layers stay unquantized in the 4-bit variants, their shape does not fit bitsandbytes' "
             "4-bit CPU layout (out_features a multiple of 32, in_features of 64): %s", len(skip), ", ".join(skip),
         )
-    unquantized = {v: skip for v in section.variants if skip and v in VARIANTS and v != "int8"}
-    kept = [*section.keep_modules, *head_modules(source)] if section.keep_modules else []
+    unquantized = {v: skip for v in section.variants if skip and is_four_bit(v)}
+    four_bit_skip = four_bit_skip_list(section, source, skip)
     tokenizer = None
     for variant in section.variants:
         target = run.dir / "quantized" / variant
         run.log.info("quantize: %s -> %s", variant, target)
         with atomic_dir(target) as tmp:
             try:
-                four_bit = variant in VARIANTS and variant != "int8"
-                skip_list = sorted({*(unquantized.get(variant) or []), *kept}) if four_bit and kept else unquantized.get(variant)
-                config = quantization_config(variant, section, skip_list)
+                config = quantization_config(variant, section, four_bit_skip if is_four_bit(variant) else None)
                 model, tokenizer = _load(source, quantization_config=config, dtype=dtype, device_map=device_name())
             except UsageError:
                 raise
@@ -129,7 +127,7 @@ def quantize_and_measure(run: Run, section: Any, source: str) -> list[str]:
     run.metrics["quantize"] = table
     for variant in section.variants:
         measured = (table.get("models") or {}).get(variant)
-        write_model_card(run, run.dir / "quantized" / variant, kind="quantized", notes=card_notes(variant, source, measured, unquantized.get(variant), section.keep_modules if variant in VARIANTS and variant != "int8" else None))
+        write_model_card(run, run.dir / "quantized" / variant, kind="quantized", notes=card_notes(variant, source, measured, unquantized.get(variant), section.keep_modules if is_four_bit(variant) else None))
     return written
 
 
