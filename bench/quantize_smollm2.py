@@ -70,6 +70,10 @@ PRESETS: dict[str, tuple[str | None, str, list[str]]] = {
     "nf4 (bf16), keep attention + down_proj": ("nf4", "bfloat16", [*ATTENTION, "down_proj"]),
     "fp4 (bf16), keep attention + down_proj": ("fp4", "bfloat16", [*ATTENTION, "down_proj"]),
     "nf4-dq (bf16), keep attention + down_proj": ("nf4-dq", "bfloat16", [*ATTENTION, "down_proj"]),
+    # and whole first/last blocks (a prefix ends at a module boundary: "model.layers.2" is not layer 29)
+    "nf4 (bf16), keep attention + down_proj + blocks 0, 29": ("nf4", "bfloat16", [*ATTENTION, "down_proj", "model.layers.0", "model.layers.29"]),
+    "nf4 (bf16), keep attention + down_proj + blocks 0-2, 27-29": (
+        "nf4", "bfloat16", [*ATTENTION, "down_proj", *(f"model.layers.{i}" for i in (0, 1, 2, 27, 28, 29))]),
 }
 """Settings measured by ``--presets``: the recipe's ``[quantize] variants``, ``compute_dtype`` and ``keep_modules``."""
 

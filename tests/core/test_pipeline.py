@@ -101,3 +101,27 @@ def test_keep_layers_generates_with_a_consistent_cache_and_rejects_too_many():
     assert torch.equal(cached, uncached)
     with pytest.raises(UsageError, match=r"model.keep_layers = 9: builtin:tiny-llama has only 4 layers; use at most 4"):
         load_pretrained(ModelSection(name="builtin:tiny-llama", keep_layers=9), seed=0)
+
+
+def test_generate_times_a_warm_model_and_answers_as_before():
+    """``ptrain.generate`` runs the first batch untimed for a few tokens before the clock starts; the
+    answers are those of the timed passes alone (one per prompt, in order, the same on every call)."""
+    from ptrain import generate, load_pretrained
+    from ptrain._evaluation import WARMUP_TOKENS
+    from ptrain._sections import ModelSection
+
+    model, tokenizer = load_pretrained(ModelSection(name="builtin:tiny-llama"), seed=0)
+    calls = []
+    plain = model.generate
+
+    def counted(**kwargs):
+        calls.append((kwargs["input_ids"].shape[0], kwargs["max_new_tokens"]))
+        return plain(**kwargs)
+
+    model.generate = counted
+    prompts = [f"{i} + {i} =" for i in range(5)]
+    result = generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=2)
+    assert calls == [(2, WARMUP_TOKENS), (2, 12), (2, 12), (1, 12)]  # the warm-up, then 3 batches
+    assert len(result.texts) == 5 and result.new_tokens > 0 and result.seconds > 0
+    assert generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=2).texts == result.texts
+    assert generate(model, tokenizer, [], max_new_tokens=12).texts == [] and len(calls) == 8  # nothing to warm up

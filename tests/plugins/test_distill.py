@@ -142,6 +142,9 @@ def test_same_tokenizer_logit_kd_student_is_close_and_faster(run_recipe, trained
     # sweep gave 1.14x-1.47x, hence the bound 1.0); student exact match 0.49-0.52
     assert report["quality_ratio"] >= 0.8, report
     assert report["speedup"] > 1.0, report
+    # one figure per model: the student's tokens/s and answers are the core's final evaluation's
+    assert report["student"]["generation_tokens_per_s"] == run.metrics["final"]["generation_tokens_per_s"]
+    assert report["student"]["task_metric"] == run.metrics["final"]["task_metric"]
     assert report["student"]["task_metric"] > run.metrics["base"]["task_metric"], report
     assert report["student"]["eval_loss"] < run.metrics["base"]["eval_loss"] / 2, report
 

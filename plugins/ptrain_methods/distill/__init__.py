@@ -225,7 +225,8 @@ def evaluate(run: Run, stage: str) -> Any:
     state = run.state[STATE]
     teacher = measure(run, state["teacher"], state["teacher_tokenizer"])
     teacher["size_on_disk_mb"] = weights_size_mb(model_location(section.teacher, run.recipe.seed))
-    student = measure(run, run.model, run.tokenizer)  # measured right after the teacher: speeds compare fairly
+    # the student's answers are the core's evaluation's (Run.generate); both tokens/s are warm-model figures
+    student = measure(run, run.model, run.tokenizer)
     report: dict[str, Any] = {
         "mode": state["mode"],
         "same_vocabulary": state["same_vocabulary"],

@@ -20,7 +20,11 @@ def measure(run: Run, model: Any, tokenizer: Any) -> dict[str, Any]:
     loss = completion_loss(
         model, tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], section.batch_size, run.recipe.train.max_length
     )
-    generations = generate(model, tokenizer, [r["prompt"] for r in sample], section.max_new_tokens, section.batch_size)
+    prompts = [r["prompt"] for r in sample]
+    if model is run.model:  # the answers (and tokens/s) of the core's evaluation at this stage: one figure per model
+        generations = run.generate(prompts, section.max_new_tokens)
+    else:
+        generations = generate(model, tokenizer, prompts, section.max_new_tokens, section.batch_size)
     scores = task_scores(sample, generations.texts, section.metric)
     return {
         "parameters": parameters(model),

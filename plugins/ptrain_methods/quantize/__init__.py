@@ -69,7 +69,8 @@ class QuantizeSection:
     (8-bit variants, near-lossless already, quantize every layer): names as transformers matches them,
     a name's end (``"down_proj"``), a prefix (``"model.layers.0"``) or a regular expression.
     On SmolLM2 keeping ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` and ``down_proj`` in bfloat16 takes
-    NF4's perplexity cost from +47 % to +10 % at 0.35x the fp32 footprint (bench/README.md)."""
+    NF4's perplexity cost from +47 % to +10 % at 0.35x the fp32 footprint, and also keeping the first and
+    last blocks (``"model.layers.0"``, ``"model.layers.29"``) to +6.7 % at 0.36x (bench/README.md)."""
     llm_int8_threshold: float = 6.0
     """bitsandbytes INT8 outlier threshold: activations above it are computed in 16-bit (LLM.int8 mixed decomposition)."""
     evaluate: bool = True
