@@ -299,7 +299,7 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
         scores: dict[str, float] = {}
         for template in templates:
             prompts = [row["prompt"] if template is None else template.render(row["instruction"], row["input"]) for row in rows]
-            texts = generate(run.model, run.tokenizer, prompts, settings.max_new_tokens, settings.batch_size).texts
+            texts = generate(run.model, run.tokenizer, prompts, settings.max_new_tokens, settings.batch_size, warm_up=False).texts
             values = task_scores(rows, texts, settings.metric)
             scores["data" if template is None else template.name] = round(sum(values) / len(values), 4)
         if not scores:

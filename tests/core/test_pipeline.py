@@ -125,3 +125,5 @@ def test_generate_times_a_warm_model_and_answers_as_before():
     assert len(result.texts) == 5 and result.new_tokens > 0 and result.seconds > 0
     assert generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=2).texts == result.texts
     assert generate(model, tokenizer, [], max_new_tokens=12).texts == [] and len(calls) == 8  # nothing to warm up
+    assert generate(model, tokenizer, prompts, max_new_tokens=12, batch_size=2, warm_up=False).texts == result.texts
+    assert calls[8:] == [(2, 12), (2, 12), (1, 12)]  # texts only: no warm-up pass

@@ -69,7 +69,7 @@ def teacher_answers(run: Run, teacher: Any, tokenizer: Any, prompts: list[str]) 
                 handle.write("\n")  # after a line cut short, start a fresh one
             for i in range(0, len(missing), chunk):
                 part = missing[i : i + chunk]
-                texts = generate(teacher, tokenizer, part, max_new, batch).texts
+                texts = generate(teacher, tokenizer, part, max_new, batch, warm_up=False).texts
                 for prompt, text in zip(part, texts, strict=True):
                     cache[prompt] = text
                     if write:
