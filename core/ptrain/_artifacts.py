@@ -1,7 +1,9 @@
 """Writing run outputs so that nothing is lost and nothing is half-written.
 
 Directories are written under a temporary name beside their target and renamed into place;
-files are written to a temporary file and replaced atomically.
+files are written to a temporary file and replaced atomically. Text and JSON go through the
+redaction pass (:mod:`ptrain._redact`) on the way: nothing shaped like a token, no secret-named
+key's value and no secret environment value reaches the file.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) atomically."""
-    write_bytes(path, text.encode("utf-8"))
+    """Replace ``path`` with ``text`` (UTF-8) atomically, secrets masked (``***``)."""
+    from ptrain._redact import redact
+
+    write_bytes(path, redact(text).encode("utf-8"))
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -59,11 +63,19 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON atomically; values of secret-named keys (``token``, ``api_key``…)
+    and token-shaped strings masked."""
+    from ptrain._redact import redact_data
+
+    data = redact_data(json.loads(json.dumps(data, default=str)))
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    """Replace ``path`` with one JSON object per line atomically, redacted as :func:`write_json` does."""
+    from ptrain._redact import redact_data
+
+    write_text(path, "".join(json.dumps(redact_data(row), ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
 def dir_size(path: str | Path) -> int:

@@ -10,6 +10,9 @@ and measured quality change as ``notes``.
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +31,6 @@ def _kind(directory: Path) -> str:
     if (directory / "adapter_config.json").is_file():
         return "adapter"
     try:
-        import json
-
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "model"
@@ -46,7 +47,30 @@ def hub_id(name: str) -> str | None:
 
 
 def _yaml_list(key: str, values: list[str]) -> list[str]:
-    return [f"{key}:", *(f"- {v}" for v in values)] if values else []
+    return [f"{key}:", *(f"- {json.dumps(str(v))}" for v in values)] if values else []
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#~!])")
+
+
+def text(value: Any) -> str:
+    """Recipe text as inert Markdown prose: no raw HTML (``<`` ``>`` ``&`` become entities), no code fence,
+    link, emphasis or table cell it could open; line breaks kept (a paragraph stays a paragraph)."""
+    from ptrain._redact import redact
+
+    escaped = html.escape(redact(str(value)), quote=False)  # redacted first: an escaped token no longer looks like one
+    return "\n".join(MARKDOWN_SPECIAL.sub(r"\\\1", line) for line in escaped.splitlines())
+
+
+def code(value: Any) -> str:
+    """Recipe text as one inline code span: on one line, in a fence longer than any run of backticks it holds."""
+    from ptrain._redact import redact
+
+    flat = " ".join(redact(str(value)).split()).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _metrics_table(run: Run) -> str:
@@ -79,20 +103,20 @@ def render_card(run: Run, directory: Path, kind: str, notes: str = "") -> str:
     front = ["---", *([f"base_model: {base_hub}"] if base_hub else []), f"library_name: {'peft' if kind == 'adapter' else 'transformers'}",
              "pipeline_tag: text-generation", *_yaml_list("tags", ["ptrain", *recipe.methods]), *_yaml_list("datasets", datasets), "---"]
     what = {"adapter": "LoRA adapter", "quantized": "quantized model", "model": "model"}[kind]
-    lines = [*front, "", f"# {recipe.name}: {what}", ""]
+    lines = [*front, "", f"# {text(recipe.name)}: {what}", ""]
     if recipe.description:
-        lines += [recipe.description, ""]
+        lines += [text(recipe.description), ""]
     origin = f" (a converted copy of [{base_hub}](https://huggingface.co/{base_hub}))" if base in HUB_NAMES else ""
     random_init = " (a random-init ptrain built-in for tests and demos)" if base.startswith(_paths.BUILTIN) and not origin else ""
-    lines += [f"Fine-tuned from `{base}`{origin}{random_init} with [ptrain](https://pypi.org/project/ptrain/) {__version__}, "
+    lines += [f"Fine-tuned from {code(base)}{origin}{random_init} with [ptrain](https://pypi.org/project/ptrain/) {__version__}, "
               f"methods {' → '.join(f'`{m}`' for m in recipe.methods)} (in recipe order).", ""]
-    lines += ["## Base model", "", f"`{base}`" + (f" = `{base_hub}`" if base_hub and base_hub != base else "")
+    lines += ["## Base model", "", code(base) + (f" = {code(base_hub)}" if base_hub and base_hub != base else "")
               + (f", layers kept: {recipe.model.keep_layers}" if recipe.model.keep_layers else "") + f", dtype {recipe.model.dtype}.", ""]
     lines += ["## Methods", ""]
     for method in recipe.methods:
         settings = table.get(method)
-        detail = ", ".join(f"{k} = {_value(v)}" for k, v in settings.items()) if isinstance(settings, dict) and settings else "defaults"
-        lines.append(f"- **{method}**: {detail}")
+        detail = ", ".join(f"{text(k)} = {text(_value(v))}" for k, v in settings.items()) if isinstance(settings, dict) and settings else "defaults"
+        lines.append(f"- **{text(method)}**: {detail}")
     lines += [""]
     if notes:
         lines += [notes.rstrip(), ""]
@@ -101,13 +125,13 @@ def render_card(run: Run, directory: Path, kind: str, notes: str = "") -> str:
         lines += ["| source | location | format | share | training rows | eval rows |", "| --- | --- | --- | ---: | ---: | ---: |"]
         for label, entry in sources.items():
             rows = entry.get("train_rows", entry.get("train_rows_read", ""))
-            lines.append(f"| {label} | `{entry.get('source', '')}` | {entry.get('format') or ''} | {entry.get('weight', 1)} | {rows} | {entry.get('eval_rows', '')} |")
+            lines.append(f"| {text(label)} | {code(entry.get('source', ''))} | {text(entry.get('format') or '')} | {entry.get('weight', 1)} | {rows} | {entry.get('eval_rows', '')} |")
         if data.get("duplicates_dropped"):
             lines.append(f"\n{data['duplicates_dropped']} exact duplicate training rows were dropped (`data.dedup`).")
         if data.get("streaming"):
             lines.append("\nTraining rows were streamed (`data.streaming`): the counts are the rows read.")
     else:
-        lines.append(f"`{recipe.data.source}` (format {recipe.data.format}).")
+        lines.append(f"{code(recipe.data.source)} (format {text(recipe.data.format)}).")
     lines += [""]
     train = run.metrics.get("train") or {}
     lines += ["## Training", ""]
@@ -120,7 +144,7 @@ def render_card(run: Run, directory: Path, kind: str, notes: str = "") -> str:
     lines += ["## Results", "", "On the held-out evaluation rows, before (base) and after training (final); other models the run "
               "measured have columns of their own.", "", _metrics_table(run)]
     lines += ["## How to load", "", *_how_to_load(directory, kind, base, base_hub, run), ""]
-    lines += [f"Written by ptrain {__version__} from `{recipe.path or recipe.name}`; the run directory also holds metrics.json, "
+    lines += [f"Written by ptrain {__version__} from {code(recipe.path or recipe.name)}; the run directory also holds metrics.json, "
               "samples.jsonl and recipe.resolved.toml.", ""]
     return "\n".join(lines)
 

@@ -302,6 +302,11 @@ def _stages(run: Run) -> None:
             write_run_report(run.dir)
         except Exception as err:  # the run is done and saved; a report it could not draw is no reason to fail it
             log.warning("report.html not written: %s: %s", type(err).__name__, err)
+    from ptrain._redact import scrub_files
+
+    scrubbed = scrub_files(run.dir)  # what libraries wrote themselves (adapter_config.json's init text, a token-shaped path)
+    if scrubbed:
+        log.info("redacted secrets in %d file(s) written by libraries: %s", len(scrubbed), ", ".join(p.name for p in scrubbed[:5]))
 
 
 def report_rows(recipe: Recipe) -> list[Any]:

@@ -1,4 +1,9 @@
-"""Keeping secrets out of what a run writes: argv in ``env.json``, ``run.log``, the resolved recipe.
+"""Keeping secrets out of what a run writes or a user publishes: the one redaction pass.
+
+Every writer goes through it: :func:`ptrain.write_text` / :func:`ptrain.write_json` (model cards of every
+export, ``metrics.json``, ``env.json``, ``log_history.json``, ``report.html``…), the run log's handler,
+the resolved recipe, the trackers' parameters and summaries (TensorBoard, MLflow, W&B), and a last
+sweep over the small text files libraries wrote into the run directory (``adapter_config.json``…).
 
 Tokens belong in the environment (``HF_TOKEN``, ``WANDB_API_KEY``…), where the libraries read
 them; ptrain never copies them. What a user types anyway (``--set hub.token=hf_…``) is masked
@@ -12,6 +17,8 @@ import logging
 import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 MASK = "***"
 SECRET_NAME = re.compile(r"token|secret|passw(or)?d|api[_-]?key|credential", re.IGNORECASE)
@@ -24,9 +31,17 @@ SECRET_KEY = re.compile(
 """Keys and options that are secrets by name: ``hf_token``, ``hub.token``, ``--hub-token``, ``api_key``, ``password``…
 A key that merely contains the word (``max_new_tokens``, ``tokenizer``) is not one."""
 TOKEN_SHAPES = re.compile(
-    r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
-    r"|xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_-]{16,})"
+    r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{16,}|sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{16,}|rk_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|glpat-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})"
+    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/=-]{16,}"
 )
+AWS_SECRET = re.compile(r"(?i)(aws_secret_access_key[\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+"""Strings shaped like known tokens: Hugging Face (``hf_``), OpenAI and Anthropic (``sk-``, ``sk-proj-``),
+GitHub, Slack, AWS access keys (and a secret key after its name), GitLab, Google API keys, JWTs and
+bearer tokens. They are masked wherever they appear, a directory name in a data path included."""
+SCRUBBED = frozenset({".json", ".jsonl", ".md", ".txt", ".toml", ".yaml", ".yml", ".html", ".csv", ".cfg", ".ini"})
+"""Suffixes of the text files :func:`scrub_files` redacts (not ``run.log``: its handler redacts, and holds it open)."""
 TOML_LINE = re.compile(r"^(\s*)([\w\"'.-]+?)(\s*=\s*)(.+)$", re.MULTILINE)
 
 
@@ -40,9 +55,41 @@ def _environment_secrets() -> list[str]:
 
 def redact(text: str) -> str:
     """``text`` with token-shaped strings and secret environment values replaced by ``***``."""
+    if not isinstance(text, str):
+        return text
     for value in _environment_secrets():
         text = text.replace(value, MASK)
-    return TOKEN_SHAPES.sub(MASK, text)
+    return AWS_SECRET.sub(lambda m: m.group(1) + MASK, TOKEN_SHAPES.sub(MASK, text))
+
+
+def redact_data(data: Any) -> Any:
+    """A copy of JSON-like ``data`` with the values of secret keys masked and every string redacted."""
+    if isinstance(data, dict):
+        return {redact(str(k)) if isinstance(k, str) else k: MASK if isinstance(k, str) and secret_key(k) and v not in (None, "")
+                else redact_data(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v) for v in data]
+    return redact(data) if isinstance(data, str) else data
+
+
+def scrub_files(folder: str | Path, limit_bytes: int = 16 << 20) -> list[Path]:
+    """Redact in place the small text files under ``folder`` that libraries wrote without ptrain's writers
+    (``config.json``, ``adapter_config.json``, ``trainer_state.json``…); the files changed."""
+    changed = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix not in SCRUBBED or not path.is_file() or path.is_symlink() or path.stat().st_size > limit_bytes:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        cleaned = redact(text)
+        if cleaned != text:
+            from ptrain._artifacts import write_bytes
+
+            write_bytes(path, cleaned.encode("utf-8"))
+            changed.append(path)
+    return changed
 
 
 def secret_key(key: str) -> bool:

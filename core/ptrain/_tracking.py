@@ -75,9 +75,11 @@ def summary_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def recipe_params(run: Run) -> dict[str, str]:
     """The resolved recipe, one parameter per key (``recipe.train.learning_rate``)."""
+    from ptrain._redact import MASK, redact, secret_key
+
     params = {}
     for key, value in flatten(run.recipe.to_table(), "recipe").items():
-        text = str(value)
+        text = MASK if secret_key(key) else redact(str(value))
         params[key] = text if len(text) <= 250 else text[:247] + "..."  # MLflow's limit on older stores
     return params
 
@@ -92,6 +94,8 @@ class Tracking:
         self.wandb: Any = None
 
     def begin(self) -> None:
+        from ptrain._redact import redact, redact_data
+
         run = self.run
         if "mlflow" in self.reporters:
             logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating a new experiment": ptrain says where the run is
@@ -104,32 +108,34 @@ class Tracking:
             mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ptrain")
             if mlflow.active_run() is not None:
                 mlflow.end_run()
-            self.mlflow = mlflow.start_run(run_name=run.recipe.name)
+            self.mlflow = mlflow.start_run(run_name=redact(run.recipe.name))
             mlflow.log_params(recipe_params(run))
-            mlflow.set_tags({"ptrain.methods": ", ".join(run.recipe.methods), "ptrain.model": run.recipe.model.name})
+            mlflow.set_tags(redact_data({"ptrain.methods": ", ".join(run.recipe.methods), "ptrain.model": run.recipe.model.name}))
             log.info("mlflow: run %s in %s", self.mlflow.info.run_id, mlflow.get_tracking_uri())
         if "wandb" in self.reporters:
             import wandb
 
             self.wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "ptrain"), name=run.recipe.name, dir=str(run.dir),
-                config={"recipe": run.recipe.to_table()}, tags=list(run.recipe.methods), reinit="finish_previous",
+                project=os.environ.get("WANDB_PROJECT", "ptrain"), name=redact(run.recipe.name), dir=str(run.dir),
+                config=redact_data({"recipe": run.recipe.to_table()}), tags=list(run.recipe.methods), reinit="finish_previous",
             )
             log.info("wandb: run %s (%s) in %s", self.wandb.id, os.environ.get("WANDB_MODE", "online"), self.wandb.dir)
 
     def end(self, failed: bool = False) -> None:
+        from ptrain._redact import redact
+
         metrics = summary_metrics(self.run.metrics)
         if self.mlflow is not None:
             import mlflow
 
             if not failed:
-                mlflow.log_metrics({key.replace("@", "_"): value for key, value in metrics.items()})
+                mlflow.log_metrics({redact(key.replace("@", "_")): value for key, value in metrics.items()})
                 mlflow.log_artifact(str(self.run.dir / "recipe.resolved.toml"))
             mlflow.end_run(status="FAILED" if failed else "FINISHED")
             self.mlflow = None
         if self.wandb is not None:
             if not failed:
-                self.wandb.summary.update(metrics)
+                self.wandb.summary.update({redact(key): value for key, value in metrics.items()})
             self.wandb.finish(exit_code=1 if failed else 0)
             self.wandb = None
         if "tensorboard" in self.reporters and not failed:
@@ -138,13 +144,15 @@ class Tracking:
     def _tensorboard(self, metrics: dict[str, float]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        from ptrain._redact import redact, redact_toml
+
         step = (self.run.metrics.get("train") or {}).get("steps") or 0
         writer = SummaryWriter(log_dir=str(self.run.dir / "logs"))
         try:
-            writer.add_text("recipe", "```toml\n" + self.run.recipe.to_toml() + "\n```", step)
+            writer.add_text("recipe", "```toml\n" + redact_toml(self.run.recipe.to_toml()) + "\n```", step)
             for key, value in metrics.items():
                 if key.startswith(("base.", "final.")):
-                    writer.add_scalar(key.replace(".", "/", 1), value, step)
+                    writer.add_scalar(redact(key.replace(".", "/", 1)), value, step)
         finally:
             writer.close()
 
