@@ -28,10 +28,25 @@ MAX_MESSAGE = 600
 """Characters of a one-line message: echoed input (a 100 000-character key) never floods the terminal."""
 
 
+MAX_WORD = 120
+"""Characters of one echoed value (a key, a path, a row) within a message: its middle is cut, the words around it stay."""
+
+
+def _clip_word(word: str) -> str:
+    if len(word) <= MAX_WORD:
+        return word
+    return f"{word[:70]}…({len(word) - 100} characters)…{word[-30:]}"
+
+
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
-    """One line, at most ``limit`` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 20] + f"… ({len(line) - limit + 20} more characters)"
+    """One line, at most about ``limit`` characters. The values clip, never the reason: an overlong word
+    (a 100 000-character key) loses its middle first, then, if the line is still too long, the line does,
+    so what is wrong and how to fix it (the message's start and end) are always shown."""
+    line = " ".join(_clip_word(word) for word in str(text).split())
+    if len(line) <= limit:
+        return line
+    head, tail = limit * 2 // 3, limit // 3 - 20
+    return f"{line[:head]} …({len(line) - head - tail} characters)… {line[-tail:]}"
 
 
 def fail_usage(err: UsageError) -> None:
