@@ -47,10 +47,12 @@ def hub_id(name: str) -> str | None:
 
 
 def _yaml_list(key: str, values: list[str]) -> list[str]:
-    return [f"{key}:", *(f"- {json.dumps(str(v))}" for v in values)] if values else []
+    return [f"{key}:", *(f"- {v if PLAIN_YAML.fullmatch(str(v)) else json.dumps(str(v))}" for v in values)] if values else []
 
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#~!])")
+PLAIN_YAML = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]*")
+"""A value the front matter writes unquoted; any other is written as a quoted (JSON) string."""
+MARKDOWN_SPECIAL = re.compile(r"([\\`*{}\[\]<>|#~!]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
 def text(value: Any) -> str:

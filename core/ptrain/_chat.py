@@ -243,7 +243,58 @@ def _device_map() -> dict[str, Any]:
 # ------------------------------------------------------------------ answering
 
 
-def answer(chat: ChatModel, message: str, options: GenerationOptions, on_text: Callable[[str], None] | None = None) -> tuple[str, int]:
+CHARS_PER_POSITION = 16
+"""A prompt longer than this many characters per model position is refused before it is tokenized."""
+
+
+def model_positions(model: Any) -> int | None:
+    """How many positions (tokens) the model reads: ``max_position_embeddings`` (``n_positions``), None if it has no limit."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return None
+
+
+def check_lengths(models: list[ChatModel], options: GenerationOptions) -> None:
+    """``--max-new-tokens`` bounded by the models' positions, before anything is generated."""
+    for chat in models:
+        positions = model_positions(chat.model)
+        if positions and options.max_new_tokens >= positions:
+            raise UsageError(
+                f"--max-new-tokens {options.max_new_tokens:,}: {chat.description} reads at most {positions:,} positions, "
+                f"prompt included; give at most {positions - 1:,}"
+            )
+
+
+def prepare(chat: ChatModel, message: str, options: GenerationOptions) -> tuple[Any, int]:
+    """The tokenized prompt and how many tokens may follow it: refused (one line) past the model's positions."""
+    tokenizer, model = chat.tokenizer, chat.model
+    prompt = chat.rendering.prompt(tokenizer, chat.history, message)
+    positions = model_positions(model)
+    if positions and len(prompt) > positions * CHARS_PER_POSITION:  # before tokenizing: a 5 MB line costs nothing
+        raise UsageError(
+            f"the prompt holds {len(prompt):,} characters, far more than the model's {positions:,} positions can read; "
+            f"shorten it{' or /reset the conversation' if chat.history else ''}"
+        )
+    inputs = tokenizer(prompt, return_tensors="pt", verbose=False).to(next(model.parameters()).device)
+    length = int(inputs["input_ids"].shape[1])
+    max_new_tokens = options.max_new_tokens
+    if positions:
+        if length >= positions:
+            raise UsageError(
+                f"the prompt is {length:,} tokens and the model reads at most {positions:,} positions (its prompt budget is "
+                f"{positions - 1:,} tokens with one left to answer); shorten it{' or /reset the conversation' if chat.history else ''}"
+            )
+        if length + max_new_tokens > positions:
+            max_new_tokens = positions - length
+            log.info("--max-new-tokens: %d left of the model's %d positions after a %d-token prompt", max_new_tokens, positions, length)
+    return inputs, max_new_tokens
+
+
+def answer(chat: ChatModel, message: str, options: GenerationOptions, on_text: Callable[[str], None] | None = None,
+           prepared: tuple[Any, int] | None = None) -> tuple[str, int]:
     """The model's reply to ``message`` after its history (streamed to ``on_text`` as it is decoded); ``(text, new tokens)``."""
     import contextlib
 
@@ -251,8 +302,7 @@ def answer(chat: ChatModel, message: str, options: GenerationOptions, on_text: C
     from transformers import TextStreamer, set_seed
 
     tokenizer, model = chat.tokenizer, chat.model
-    prompt = chat.rendering.prompt(tokenizer, chat.history, message)
-    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    inputs, max_new_tokens = prepared or prepare(chat, message, options)
     eos = model.generation_config.eos_token_id
     sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     if options.temperature > 0:
@@ -272,7 +322,7 @@ def answer(chat: ChatModel, message: str, options: GenerationOptions, on_text: C
     try:
         with switch, torch.no_grad():
             output = model.generate(
-                **inputs, max_new_tokens=options.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos if eos is not None else tokenizer.eos_token_id, streamer=streamer, **sampling,
             )
     finally:
@@ -288,29 +338,38 @@ def answer(chat: ChatModel, message: str, options: GenerationOptions, on_text: C
 
 def one_shot(models: list[ChatModel], prompts: list[str], options: GenerationOptions, as_json: bool, console: Any) -> None:
     """Answer each prompt on its own (no history): JSON lines with ``--json``, else streamed text."""
-    from rich.markup import escape
-
-    for prompt in prompts:
+    for number, prompt in enumerate(prompts, 1):
         for chat in models:
             chat.history = []
-        if as_json:
-            record: dict[str, Any] = {"prompt": prompt}
-            for chat in models:
-                text, tokens = answer(chat, prompt, options)
-                prefix = "" if chat is models[0] else f"{chat.label}_"
-                record |= {f"{prefix}response": text, f"{prefix}new_tokens": tokens, f"{prefix}model": chat.description}
-            print(json.dumps(record, ensure_ascii=False), flush=True)
-            continue
-        console.print(f"[bold]>[/] {escape(prompt)}", soft_wrap=True)
+        try:
+            _answer_one(models, prompt, options, as_json, console)
+        except UsageError as err:
+            raise UsageError(f"prompt {number}: {err}") from None
+
+
+def _answer_one(models: list[ChatModel], prompt: str, options: GenerationOptions, as_json: bool, console: Any) -> None:
+    from rich.markup import escape
+
+    if as_json:
+        record: dict[str, Any] = {"prompt": prompt}
         for chat in models:
-            _stream(chat, prompt, options, console, width=max(len(m.label) for m in models))
+            text, tokens = answer(chat, prompt, options)
+            prefix = "" if chat is models[0] else f"{chat.label}_"
+            record |= {f"{prefix}response": text, f"{prefix}new_tokens": tokens, f"{prefix}model": chat.description}
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        return
+    shown = prompt if len(prompt) <= 2000 else f"{prompt[:1500]} …({len(prompt) - 1500:,} more characters)"
+    console.print(f"[bold]>[/] {escape(shown)}", soft_wrap=True)
+    for chat in models:
+        _stream(chat, prompt, options, console, width=max(len(m.label) for m in models))
 
 
 def _stream(chat: ChatModel, message: str, options: GenerationOptions, console: Any, width: int) -> str:
     from rich.markup import escape
 
+    prepared = prepare(chat, message, options)  # a prompt refused before the model's label is printed
     console.print(f"[bold cyan]{escape(chat.label.ljust(width))}>[/] ", end="")
-    text, _ = answer(chat, message, options, on_text=lambda piece: console.print(piece, end="", markup=False, highlight=False, soft_wrap=True))
+    text, _ = answer(chat, message, options, prepared=prepared, on_text=lambda piece: console.print(piece, end="", markup=False, highlight=False, soft_wrap=True))
     console.print()
     return text
 
@@ -332,7 +391,7 @@ def interactive(models: list[ChatModel], options: GenerationOptions, console: An
     while True:
         try:
             message = read("you> ")
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt, RuntimeError, OSError):  # RuntimeError: input() lost a closed stdin
             console.print()
             return
         command = message.strip()
@@ -346,4 +405,9 @@ def interactive(models: list[ChatModel], options: GenerationOptions, console: An
             console.print("[dim](conversation reset)[/]")
             continue
         for chat in models:
-            _stream(chat, message, options, console, width)
+            try:
+                _stream(chat, message, options, console, width)
+            except UsageError as err:  # a prompt over the model's positions: say so, keep the conversation
+                console.print()
+                console.print(f"[red]{escape(str(err))}[/]", soft_wrap=True)
+                break

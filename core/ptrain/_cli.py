@@ -447,6 +447,15 @@ def list_methods(as_json: bool, verbose: bool) -> None:
         console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources and rewards[/]")
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A float option that must be a number: nan and inf pass click's ranges (every comparison with nan is false)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 @cli.command()
 @click.argument("target")
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT", help="Answer TEXT and exit (repeatable); no conversation.")
@@ -454,9 +463,10 @@ def list_methods(as_json: bool, verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="With --prompt/--prompts: one JSON object per prompt.")
 @click.option("--base", is_flag=True, help="Also answer with the run's base model, side by side.")
 @click.option("--variant", metavar="NAME", help="A quantized export of a quantize run (quantized/NAME), e.g. nf4.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="At most the model's positions less the prompt's tokens.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.", callback=_finite)
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True, callback=_finite)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model whose code is not part of transformers to run it.")
 def chat(
@@ -484,11 +494,14 @@ def chat(
             fail_usage(UsageError(f"--prompts {prompts_file}: no prompts in it (one per line)"))
     if as_json and not texts:
         fail_usage(UsageError("--json answers --prompt/--prompts; a conversation has no JSON form"))
+    if not texts and (sys.stdin is None or sys.stdin.closed):
+        fail_usage(UsageError("standard input is closed, so there is no conversation to read; give --prompt or --prompts"))
     quiet_libraries()
     options = _chat.GenerationOptions(max_new_tokens, temperature, top_p, seed)
     try:
         with err_console.status(f"loading {target}…") if not as_json else contextlib.nullcontext():
             models = _chat.load_models(target, variant=variant, base=base, trust_remote_code=trust_remote_code)
+        _chat.check_lengths(models, options)
         if texts:
             _chat.one_shot(models, texts, options, as_json, console)
         else:

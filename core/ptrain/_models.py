@@ -399,6 +399,12 @@ class _hub_errors:
         return None
 
     def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
+        if err is not None and type(err).__name__ == "SafetensorError":  # not an OSError: a header cut short, a file not safetensors
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(
+                f"{self.key} = {self.name!r}: a weights file is damaged ({text}); it was cut short or is not safetensors: "
+                "copy or export it again"
+            ) from None
         if err is None or not isinstance(err, (OSError, ValueError)) or isinstance(err, UsageError):
             return False
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -124,3 +124,36 @@ def test_loading_errors_are_one_line(tmp_path):
         assert result.exit_code == 2, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, result.output)
+
+
+def test_hostile_chat_inputs_are_bounded_or_refused_in_one_line(tmp_path):
+    """A truncated weights file, prompts past the model's positions (1024 here), --max-new-tokens past them,
+    a non-finite temperature and a closed standard input: each one line, exit 2, nothing generated."""
+    from ptrain._models import model_location
+
+    source = Path(model_location("builtin:tiny-llama"))
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for path in source.iterdir():
+        (truncated / path.name).write_bytes(path.read_bytes())
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cases = [
+        ((str(truncated), "--prompt", "hi"), "a weights file is damaged"),
+        (("builtin:tiny-llama", "--prompt", "hi", "--max-new-tokens", "1000000000"), "reads at most 1,024 positions, prompt included"),
+        (("builtin:tiny-llama", "--prompt", "x" * 5_000_000), "prompt 1: the prompt holds 5,000,0"),
+        (("builtin:tiny-llama", "--prompt", "word " * 1500), "the model reads at most 1,024 positions"),
+    ]
+    for args, message in cases:
+        result = chat(*args)
+        assert result.exit_code == 2, (args[:2], result.output[-300:])
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last and len(last) < 700, (args[:2], last)
+    nan = chat("builtin:tiny-llama", "--prompt", "hi", "--temperature", "nan")
+    assert nan.exit_code == 2 and "'--temperature': nan is not a finite number" in nan.output
+    import subprocess
+    import sys
+
+    closed = subprocess.run([sys.executable, "-m", "ptrain", "chat", "builtin:tiny-llama"], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=120, preexec_fn=lambda: __import__("os").close(0))
+    assert closed.returncode == 2 and "standard input is closed" in closed.stderr and "Traceback" not in closed.stderr, closed.stderr
