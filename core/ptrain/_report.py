@@ -54,8 +54,12 @@ def read_run(path: str | Path) -> RunSummary:
             summary.recipe = tomllib.loads(recipe_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, OSError) as err:
         raise UsageError(f"{folder}: cannot read its metrics or recipe ({err}); rerun it or leave it out") from None
+    except RecursionError:  # json nests 100 000 levels deep before it says so
+        raise UsageError(f"{metrics_file}: nested too deep to be ptrain's metrics (more than Python's recursion limit); "
+                         "rerun it or leave it out") from None
     if not isinstance(summary.metrics, dict):
         raise UsageError(f"{metrics_file}: not a JSON object of metrics; rerun it or leave it out")
+    check_metrics(summary.metrics, metrics_file)
     run = summary.metrics.setdefault("run", {}) if isinstance(summary.metrics.get("run", {}), dict) else {}
     run.setdefault("methods", summary.recipe.get("methods"))
     run.setdefault("model", (summary.recipe.get("model") or {}).get("name"))
@@ -63,6 +67,39 @@ def read_run(path: str | Path) -> RunSummary:
     if "artifacts" not in summary.metrics:  # stopped, failed or still running: say so in every column title
         summary.label += " (unfinished)"
     return summary
+
+
+MAX_DEPTH = 32
+"""Nesting deeper than this is no ptrain ``metrics.json`` (it nests four or five levels)."""
+
+
+def check_metrics(metrics: dict[str, Any], path: Path) -> None:
+    """A UsageError naming ``path`` and the entry at fault for what ``compare`` would trip on: nesting past
+    :data:`MAX_DEPTH`, a ``report`` entry that is no row (fields of the wrong type), ``models`` or ``run`` not tables."""
+    stack: list[tuple[Any, int]] = [(metrics, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UsageError(f"{path}: nested more than {MAX_DEPTH} levels deep, which no ptrain run writes; rerun it or leave it out")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    for name in ("models", "run", "final", "base", "train"):
+        if name in metrics and not isinstance(metrics[name], dict):
+            raise UsageError(f"{path}: {name!r} is a {type(metrics[name]).__name__}, not a table; rerun it or leave it out")
+    report = metrics.get("report")
+    if report is None:
+        return
+    if not isinstance(report, list):
+        raise UsageError(f"{path}: 'report' is a {type(report).__name__}, not a list of rows; rerun it or leave it out")
+    kinds = {"label": str, "key": str, "base": bool, "chart": (str, type(None)), "format": str, "digits": int, "each": bool}
+    for i, row in enumerate(report):
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}: report[{i}] is a {type(row).__name__}, not a row (a table with label and key); "
+                             "rerun it or leave it out")
+        for field_name, kind in kinds.items():
+            if field_name in row and not isinstance(row[field_name], kind) or field_name in ("label", "key") and field_name not in row:
+                raise UsageError(f"{path}: report[{i}].{field_name} is {type(row.get(field_name)).__name__}, "
+                                 f"not {getattr(kind, '__name__', 'text')}; rerun it or leave it out")
 
 
 def expand(run: RunSummary) -> list[RunSummary]:
