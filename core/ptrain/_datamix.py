@@ -124,7 +124,11 @@ def splits(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, to
     evaluation = [row for rows in evals for row in rows]
     dedup = Dedup(evaluation) if section.dedup else None
     if dedup is not None:
-        trains = [[r for r in rows if dedup.keep(r, s.label)] for rows, s in zip(trains, plan.sources, strict=True)]
+        kept = [[r for r in rows if dedup.keep(r, s.label)] for rows, s in zip(trains, plan.sources, strict=True)]
+        for source, before, after in zip(plan.sources, trains, kept, strict=True):
+            if before and not after:
+                _emptied_by_dedup(source, len(before))
+        trains = kept
     counts = [len(rows) for rows in trains]
     if plan.mixed:
         available = counts
@@ -142,6 +146,15 @@ def splits(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, to
             entry["available_rows"] = count
     summary["train_rows"] = len(train)
     return Prepared(evaluation, summary, train=train)
+
+
+def _emptied_by_dedup(source: Any, rows: int | None) -> None:
+    count = f"all {rows:,} training rows" if rows is not None else "every training row it read"
+    raise DataError(
+        f"{source.train.key} = {source.train.location!r}: data.dedup dropped {count} (each repeats an earlier row or an "
+        "evaluation row), leaving no training split; give more distinct rows, evaluate on other rows (eval_source) "
+        "or set data.dedup = false"
+    )
 
 
 def _summary(plan: DataPlan, section: DataSection, counts: list[int], eval_counts: list[int], dedup: Dedup | None, count_key: str) -> dict[str, Any]:
@@ -236,6 +249,10 @@ def _streamed(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int,
                 summary["duplicates_dropped"] = sum(e["duplicates_dropped"] for e in entries)
 
     sample = list(itertools.islice(one_pass(), 64))
+    if not sample and section.dedup:  # rows were there, and dedup dropped every one?
+        for source, skip in zip(plan.sources, skips, strict=True):
+            if next(_source_stream(source, catalog, seed, tokenizer, skip, plan.mixed), None) is not None:
+                _emptied_by_dedup(source, None)
     if not sample:
         raise DataError(f"{plan.sources[0].train.location}: no training rows left after the {skips[0]} held out for evaluation")
     for entry in entries:

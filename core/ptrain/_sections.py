@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Any, Literal
 
 from ptrain._errors import RecipeError
 from ptrain._schema import suggest
+
+MAX_WEIGHT = 1e9
+"""The largest ``[[data.sources]]`` weight: shares are relative, and a sum of weights must stay finite."""
 
 
 def check_template(template: str, key: str, required: tuple[str, ...], allowed: tuple[str, ...]) -> None:
@@ -96,8 +100,9 @@ class SourceSection:
     template_no_input: str | None = None
 
     def validate(self) -> None:
-        if not self.weight > 0:
-            raise RecipeError("must be > 0 (a source's share of the mix, relative to the others)", key="weight")
+        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and 0 < self.weight <= MAX_WEIGHT):
+            raise RecipeError(f"must be > 0 and a finite number <= {MAX_WEIGHT:g} (a source's share of the mix, relative to the "
+                              f"others), got {self.weight!r}", key="weight")
         if self.eval_size is not None and self.eval_size < 0:
             raise RecipeError("must be >= 0", key="eval_size")
         if self.template is not None:
