@@ -44,7 +44,7 @@ from ptrain._models import (
 )
 from ptrain._paths import is_local
 from ptrain._recipe import Recipe
-from ptrain._rewards import answer_text
+from ptrain._rewards import answer_text, check_rewards
 from ptrain._run import Run
 from ptrain._sections import DataSection, EvalSection, ModelSection, TrainSection, check_template
 from ptrain._tasks import TASKS, Task
@@ -83,7 +83,7 @@ __all__ = [
     # measuring
     "generate", "Generations", "completion_loss", "completion_logprobs", "task_scores", "metric_for", "METRICS",
     "exact_match", "json_match", "numeric_match", "valid_json", "perplexity", "sliding_window_perplexity",
-    "preference_metrics", "reward_scores", "answer_text", "is_language_model",
+    "preference_metrics", "reward_scores", "answer_text", "check_rewards", "is_language_model",
     "measure_memory", "MemoryUsage", "memory_in_use_mb", "footprint_bytes",
     # writing
     "atomic_dir", "write_json", "write_jsonl", "write_text", "dir_size", "write_model_card",

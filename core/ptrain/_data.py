@@ -190,11 +190,36 @@ def read(part: Part, section: DataSection, catalog: Catalog, seed: int, limit: i
         raise DataError(f"{part.key} = {part.location!r}: no rows")
     normalise = normaliser(part, section, catalog, raw[0])
     rows = [normalise(where, row) for where, row in raw]
+    check_preferences(part, rows, complete=limit is None)
     if limit is None:
         part.rows = rows
     else:
         part.sample = rows
     return rows
+
+
+def check_preferences(part: Part, rows: Rows, complete: bool = True) -> None:
+    """Degenerate preference data, told with counts: a pair whose chosen and rejected answers are equal teaches
+    nothing (refused when every pair is so, a warning when some are); unpaired rows all judged the same way
+    (every label true, or every one false) leave nothing to contrast (a warning)."""
+    import logging
+
+    log = logging.getLogger("ptrain")
+    where = f"{part.key} = {part.location!r}"
+    pairs = [r for r in rows if "chosen" in r and "rejected" in r]
+    if pairs:
+        same = sum(1 for r in pairs if str(r["chosen"]).strip() == str(r["rejected"]).strip())
+        if same == len(pairs) and complete:
+            raise DataError(f"{where}: chosen and rejected are the same answer in all {same:,} rows, so there is no preference "
+                            "to learn; give each prompt a better and a worse answer")
+        if same:
+            log.warning("%s: chosen and rejected are the same answer in %s of %s rows; those rows teach nothing", where,
+                        f"{same:,}", f"{len(pairs):,}")
+    labels = [r["label"] for r in rows if isinstance(r.get("label"), bool)]
+    if labels and complete and (all(labels) or not any(labels)):
+        log.warning("%s: all %s labels are %s: nothing to contrast them with, so a method that learns from good and bad "
+                    "answers (kto) learns little; add rows labelled %s", where, f"{len(labels):,}", str(labels[0]).lower(),
+                    str(not labels[0]).lower())
 
 
 def normaliser(part: Part, section: DataSection, catalog: Catalog, first: tuple[str, dict[str, Any]]) -> Callable[[str, dict[str, Any]], dict[str, Any]]:

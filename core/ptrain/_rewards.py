@@ -13,6 +13,7 @@ is imported here.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -82,6 +83,34 @@ CORE_REWARDS = [
     RewardFunction("answer_format", answer_format, "the completion is <answer>…</answer> (after an optional <think>…</think>)"),
     RewardFunction("length_penalty", length_penalty, "0 up to the reference's length, down to -1 at twice it; needs output"),
 ]
+
+
+def check_rewards(name: str, scores: Any, count: int) -> list[float | None]:
+    """``scores`` from reward ``name`` for ``count`` completions, as a list, after checking them: one per
+    completion, each a finite number or None. A reward that breaks this raises :class:`PtrainError` naming
+    the reward, the completion and the value (a runtime failure: exit 1 with one line and the log).
+    Every online RL method calls it on what a reward function or reward model returned."""
+    from ptrain._errors import PtrainError
+
+    try:
+        given = list(scores)
+    except TypeError:
+        raise PtrainError(f"reward {name!r} returned {type(scores).__name__}, not a list of scores; a reward function returns "
+                          "one float (or None) per completion") from None
+    if len(given) != count:
+        raise PtrainError(f"reward {name!r} returned {len(given)} score{'s' if len(given) != 1 else ''} for {count} completions; "
+                          "a reward function returns one float (or None) per completion")
+    for i, score in enumerate(given):
+        if score is None:
+            continue
+        if isinstance(score, bool) or not isinstance(score, (int, float)) and not hasattr(score, "__float__"):
+            raise PtrainError(f"reward {name!r} returned {type(score).__name__} {str(score)[:40]!r} for completion {i}; "
+                              "scores are numbers or None")
+        if not math.isfinite(float(score)):
+            raise PtrainError(f"reward {name!r} returned {float(score)} for completion {i}; scores must be finite numbers "
+                              "(or None where the reward has nothing to say)")
+        given[i] = float(score)
+    return given
 
 
 def collect(by_plugin: dict[str, list[RewardFunction]]) -> dict[str, tuple[str, RewardFunction]]:

@@ -16,7 +16,9 @@ teaches nothing. ``train.batch_size`` counts completions, so it is a multiple of
 
 from __future__ import annotations
 
+import json
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +30,10 @@ from ptrain import (
     ReportRow,
     Run,
     check_model_name,
+    check_rewards,
     hookimpl,
     is_adapter_model,
+    is_local,
     load_pretrained,
     reward_scores,
     training_arguments,
@@ -96,6 +100,8 @@ def validate_recipe(recipe: Recipe) -> None:
     section: GRPOSection = recipe.section("grpo")
     for name in section.rewards:
         recipe.reward_function(name, key=f"grpo.rewards.{name}")
+    for location in section.reward_models:
+        check_reward_model(location)
     fields = recipe.data_fields
     if fields is not None and "instruction" not in fields:
         raise RecipeError(
@@ -135,11 +141,42 @@ def report_rows() -> list[ReportRow]:
     ]
 
 
+def check_reward_model(location: str) -> None:
+    """A reward model must have a trained scoring head: a ptrain run of the ``reward`` method, or a directory whose
+    ``config.json`` names a sequence-classification architecture. A causal LM (an ``sft`` run, a ``builtin:``
+    model) would score with a randomly initialised head: refused, from the files only (nothing loads). A hub
+    ID is checked when it loads (one label, a classification head)."""
+    key = f'grpo.reward_models["{location}"]'
+    if location.startswith("builtin:"):
+        raise RecipeError(f"{location} is a language model with no reward head; train one with the reward method "
+                          "(methods = [\"reward\"]) and name its run directory", key=key)
+    if not is_local(location):
+        return
+    folder = Path(location).expanduser()
+    resolved = folder / "recipe.resolved.toml"
+    if resolved.is_file():
+        try:
+            methods = tomllib.loads(resolved.read_text(encoding="utf-8")).get("methods") or []
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            methods = []
+        if "reward" not in methods:
+            raise RecipeError(f"{location} is a run of {methods or 'unknown methods'}, not of the reward method: its model has "
+                              "no trained reward head; train one with methods = [\"reward\"] and name that run", key=key)
+        return
+    try:
+        architectures = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return  # check_model_name already said what is missing
+    if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise RecipeError(f"{location} is a {architectures[0]}, not a sequence-classification model: it has no trained reward "
+                          "head; train one with the reward method (methods = [\"reward\"]) and name its run", key=key)
+
+
 def _named(name: str, function: Any) -> Any:
     """``function`` under ``name``: TRL logs each reward as ``rewards/<function name>/mean``."""
 
     def reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
-        return list(function(prompts=prompts, completions=completions, **columns))
+        return check_rewards(name, function(prompts=prompts, completions=completions, **columns), len(completions))
 
     reward.__name__ = reward.__qualname__ = name
     return reward
@@ -255,7 +292,7 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
     totals = [0.0] * len(rows)
     means: dict[str, float | None] = {}
     for name, weight, function in rewards(run):
-        scores = list(function(prompts=prompts, completions=answers.texts, **columns))
+        scores = check_rewards(name, function(prompts=prompts, completions=answers.texts, **columns), len(answers.texts))
         given = [s for s in scores if s is not None]
         means[name] = round(sum(given) / len(given), 4) if given else None
         totals = [t + weight * s if s is not None else t for t, s in zip(totals, scores, strict=True)]

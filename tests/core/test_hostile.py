@@ -62,3 +62,52 @@ def test_mixture_weights_are_finite_and_dedup_that_empties_a_split_is_named(tmp_
     for streaming in (False, True):
         with pytest.raises(DataError, match=r"data.source = '.*dups.jsonl': data.dedup dropped (all 6 training rows|every training)"):
             rendered_rows(section({"source": str(source), "eval_source": str(evaluation), "dedup": True, "streaming": streaming}), seed=0)
+
+
+def test_rewards_are_checked_for_length_and_finiteness_with_the_rewards_name(ptrain_run):
+    import pytest
+
+    from ptrain import PtrainError, RewardFunction, check_rewards, hookimpl
+    from ptrain.testing import tiny_recipe
+
+    assert check_rewards("ok", (1, None, 0.5), 3) == [1.0, None, 0.5]
+    for scores, message in (([1.0], "returned 1 score for 3 completions"), ([1.0, float("nan"), 0.0], "returned nan for completion 1"),
+                            (["a", 1, 1], "returned str 'a' for completion 0"), (None, "returned NoneType")):
+        with pytest.raises(PtrainError, match=f"reward 'broken' {message}"):
+            check_rewards("broken", scores, 3)
+
+    class OneValue:
+        @hookimpl
+        def reward_functions(self):
+            return [RewardFunction("one_value", lambda prompts, completions, **columns: [1.0], "one value per batch")]
+
+    recipe = tiny_recipe(["grpo", "one_value"], train={"batch_size": 8, "max_steps": 1}, eval={"batch_size": 8, "max_samples": 4},
+                         grpo={"rewards": {"one_value": 1.0}, "max_completion_length": 4})
+    with pytest.raises(PtrainError, match="reward 'one_value' returned 1 score for 4 completions"):
+        ptrain_run(recipe, plugins={"one_value": OneValue()})
+
+
+def test_reward_models_need_a_trained_head_and_degenerate_preferences_are_refused_or_warned(ptrain_validate, tmp_path, caplog):
+    import pytest
+
+    from ptrain import DataError, RecipeError
+    from ptrain.testing import tiny_recipe
+
+    sft_run = tmp_path / "sft_run"
+    sft_run.mkdir()
+    (sft_run / "recipe.resolved.toml").write_text('name = "s"\nmethods = ["sft", "lora"]\n[model]\nname = "builtin:tiny-llama"\n')
+    (sft_run / "model").mkdir()
+    (sft_run / "model" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    causal = sft_run / "model"
+    for location, message in ((str(sft_run), "is a run of \\['sft', 'lora'\\], not of the reward method"),
+                              (str(causal), "is a LlamaForCausalLM, not a sequence-classification model"),
+                              ("builtin:tiny-llama", "is a language model with no reward head")):
+        recipe = tiny_recipe(["grpo"], train={"batch_size": 8}, eval={"batch_size": 8}, grpo={"reward_models": {location: 1.0}})
+        with pytest.raises(RecipeError, match=f'grpo.reward_models\\["{location}"\\]: .*{message}'):
+            ptrain_validate(recipe)
+    same = _jsonl(tmp_path / "same.jsonl", [{"prompt": f"p{i}", "chosen": "a", "rejected": "a"} for i in range(12)])
+    with pytest.raises(DataError, match=r"same.jsonl': chosen and rejected are the same answer in all 12 rows"):
+        ptrain_validate(tiny_recipe(["orpo"], data={"source": str(same), "eval_size": 2}))
+    labels = _jsonl(tmp_path / "labels.jsonl", [{"prompt": f"p{i}", "completion": "a", "label": True} for i in range(12)])
+    ptrain_validate(tiny_recipe(["kto"], data={"source": str(labels), "eval_size": 2}))
+    assert "labels.jsonl': all 12 labels are true" in caplog.text and "add rows labelled false" in caplog.text
