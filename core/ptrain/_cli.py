@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,11 @@ def run(
         fail_usage(UsageError("--output-dir names one run directory; with several recipes set output.dir in each, or leave it out"))
     if nproc > 1 and len(recipes) > 1:
         fail_usage(UsageError("--nproc runs one recipe at a time; run the recipes one by one"))
+    if nproc > max_processes():
+        fail_usage(UsageError(
+            f"--nproc {nproc:,}: this machine runs at most {max_processes()} training processes (one per CPU core or GPU); "
+            "give a smaller number, and --nnodes to add machines"
+        ))
     nodes = _nodes(nnodes, node_rank, rdzv_endpoint, len(recipes))
     loaded = _load_pipeline(recipes, overrides)  # every recipe is checked before anything runs
     names = [r.output.dir or f"runs/{r.name}" for r in loaded if r is not None]
@@ -193,10 +199,49 @@ def _nodes(nnodes: int, node_rank: int | None, endpoint: str | None, recipes: in
         ))
     if node_rank >= nnodes:
         fail_usage(UsageError(f"--node-rank {node_rank} is out of range for --nnodes {nnodes}; use 0 to {nnodes - 1}"))
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit():
-        fail_usage(UsageError(f"--rdzv-endpoint {endpoint!r} is not HOST:PORT (e.g. 10.0.0.1:29500)"))
+    if nnodes > MAX_NODES:
+        fail_usage(UsageError(f"--nnodes {nnodes:,}: at most {MAX_NODES:,} machines; check the number"))
+    problem = endpoint_problem(endpoint)
+    if problem:
+        fail_usage(UsageError(f"--rdzv-endpoint {clip(repr(endpoint), 80)} is not HOST:PORT ({problem}); e.g. 10.0.0.1:29500 or [fd00::1]:29500"))
     return nnodes, node_rank, endpoint
+
+
+MAX_NODES = 4096
+"""The most machines ``--nnodes`` takes: past it, a typo rather than a cluster."""
+HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """What is wrong with a rendezvous endpoint ``HOST:PORT`` (a host name, an IPv4 address or ``[IPv6]``), or None."""
+    import ipaddress
+
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host:
+        return "no port" if not sep else "no host"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port {clip(port, 20)!r} is not a number from 1 to 65535"
+    if host.startswith("[") or host.endswith("]") or ":" in host:
+        try:
+            if not (host.startswith("[") and host.endswith("]")):
+                raise ValueError
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"host {clip(host, 60)!r} is not an IPv6 address in brackets"
+        return None
+    if not HOSTNAME.fullmatch(host):
+        return f"host {clip(host, 60)!r} is not a host name or an IP address"
+    return None
+
+
+def max_processes() -> int:
+    """The most ``--nproc`` processes one machine runs: one per CPU core (at least 2), or per GPU where there are more."""
+    import glob
+
+    from ptrain._distributed import ACCELERATOR_DEVICES
+
+    gpus = max(len(glob.glob(pattern)) for pattern in ACCELERATOR_DEVICES)
+    return max(os.cpu_count() or 1, 2, gpus)
 
 
 def _run_one(
@@ -236,6 +281,8 @@ def _run_one(
     try:
         result = execute(loaded, output_dir=output_dir, overwrite=overwrite, resume=resume, console=console)
     except UsageError as err:
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # every process hits it; each machine's first one says it, once
+            sys.exit(EXIT_USAGE)
         fail_usage(err)
     except RunInterrupted as err:
         if main_process:  # every rank stopped at the same step; one message says so
@@ -275,6 +322,28 @@ def launch_command(nproc: int, args: list[str], nodes: tuple[int, int, str] | No
     return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", "ptrain", *args]
 
 
+QUIET_TORCHRUN = """
+import logging, sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+logging.getLogger("torch.distributed.elastic.multiprocessing").setLevel(logging.CRITICAL)  # "closing signal", "failed (exitcode"
+sys.argv[0] = "torchrun"
+try:
+    main()
+except ChildFailedError as err:
+    codes = [failure.exitcode for failure in err.failures.values()]
+    said = next((code for code in codes if code and code > 0), None)  # a process that failed said why; torchrun stopped the rest
+    if said is None:  # every failed process was killed (out of memory, a signal): none could say so
+        for rank, failure in sorted(err.failures.items()):
+            print(f"error: torchrun: the process of rank {rank} was killed ({failure.signal_name()})", file=sys.stderr)
+    sys.exit(said or 1)
+except Exception as err:
+    print(f"error: torchrun: {type(err).__name__}: {' '.join(str(err).split())[:300]}", file=sys.stderr)
+    sys.exit(1)
+"""
+"""``python -c`` code that runs torchrun: a failed process's exit code (2 for a usage error) without torchrun's report."""
+
+
 def launch(nproc: int, args: list[str], nodes: tuple[int, int, str] | None = None) -> int:
     """Run ``ptrain ARGS`` under torchrun and return its exit code.
 
@@ -285,7 +354,8 @@ def launch(nproc: int, args: list[str], nodes: tuple[int, int, str] | None = Non
     command = launch_command(nproc, args, nodes)
     what = f"{nproc} process{'es' if nproc > 1 else ''}" + (f" as node {nodes[1]} of {nodes[0]}" if nodes else "")
     console.print(f"[bold]launching {what}:[/] {escape(' '.join(command[1:]))}", soft_wrap=True)
-    process = subprocess.Popen(command)
+    # torchrun, less its own report of a failed process (a 45-line ChildFailedError): the processes said what failed
+    process = subprocess.Popen([sys.executable, "-c", QUIET_TORCHRUN, *command[3:]])
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         code = process.wait()

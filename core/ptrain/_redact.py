@@ -85,9 +85,9 @@ def scrub_files(folder: str | Path, limit_bytes: int = 16 << 20) -> list[Path]:
             continue
         cleaned = redact(text)
         if cleaned != text:
-            from ptrain._artifacts import write_bytes
-
-            write_bytes(path, cleaned.encode("utf-8"))
+            tmp = path.with_name(f".{path.name}.redacted")
+            tmp.write_text(cleaned, encoding="utf-8")
+            os.replace(tmp, path)  # never a half-written file (ptrain._artifacts imports this module: no import back)
             changed.append(path)
     return changed
 

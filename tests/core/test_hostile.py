@@ -111,3 +111,43 @@ def test_reward_models_need_a_trained_head_and_degenerate_preferences_are_refuse
     labels = _jsonl(tmp_path / "labels.jsonl", [{"prompt": f"p{i}", "completion": "a", "label": True} for i in range(12)])
     ptrain_validate(tiny_recipe(["kto"], data={"source": str(labels), "eval_size": 2}))
     assert "labels.jsonl': all 12 labels are true" in caplog.text and "add rows labelled false" in caplog.text
+
+
+def test_distributed_options_are_bounded_before_torchrun_starts(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setattr("ptrain._cli.launch", lambda nproc, args, nodes=None: pytest.fail("launched"))
+    recipe = _write_recipe(tmp_path)
+    node = ["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint"]
+    cases = [
+        (["--nproc", "1000"], "--nproc 1,000: this machine runs at most"),
+        ([*node, "[::1"], "--rdzv-endpoint '[::1' is not HOST:PORT (host '[:' is not an IPv6 address in brackets)"),
+        ([*node, "host:99999"], "(port '99999' is not a number from 1 to 65535)"),
+        ([*node, "bad host!:29500"], "host 'bad host!' is not a host name or an IP address"),
+        (["--nnodes", "100000", "--node-rank", "0", "--rdzv-endpoint", "h:1"], "--nnodes 100,000: at most 4,096 machines"),
+    ]
+    for options, message in cases:
+        result = invoke("run", str(recipe), *options)
+        assert result.exit_code == 2 and message in one_line(result), (options, result.output)
+
+
+def _write_recipe(folder: Path) -> Path:
+    path = folder / "d.toml"
+    path.write_text('name = "d"\nmethods = ["sft"]\n[model]\nname = "builtin:tiny-llama"\n[data]\nsource = "builtin:tasks"\n'
+                    'tasks = ["reverse"]\nnum_examples = 40\neval_size = 4\n[train]\nmax_steps = 1\nbatch_size = 2\n')
+    return path
+
+
+def test_a_recipe_error_under_nproc_2_is_one_line(tmp_path):
+    """The run directory is taken: every process finds it, one says so, and torchrun adds nothing."""
+    import subprocess
+    import sys
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    result = subprocess.run([sys.executable, "-m", "ptrain", "run", str(_write_recipe(tmp_path)), "--nproc", "2", "--output-dir",
+                             str(tmp_path / "taken")], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(errors) == 1 and "already exists; pass --overwrite" in errors[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and "ChildFailedError" not in result.stderr
