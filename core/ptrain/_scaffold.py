@@ -189,12 +189,24 @@ only the names in `ptrain.__all__`.
 '''
 
 
+MAX_NAME = 64
+"""Characters of a method name: it becomes ``ptrain-NAME/``, ``ptrain_NAME/``, ``tests/test_NAME.py``, a recipe section."""
+
+
 def create(name: str, directory: Path | None = None, kind: str = "modifier") -> Path:
     """Write the package for method ``name`` into ``directory`` (default ``./ptrain-NAME``)."""
+    import keyword
+
     from ptrain._registry import PluginRegistry
 
+    if len(name) > MAX_NAME:
+        raise UsageError(f"method name {name[:40]!r}… is {len(name):,} characters long; use at most {MAX_NAME} (it names a "
+                         "module, a recipe section and files)")
     if not NAME_PATTERN.match(name):
         raise UsageError(f"method name {name!r} must be lower-case letters, digits and '_', starting with a letter (e.g. 'dpo', 'my_method')")
+    if not name.isidentifier() or keyword.iskeyword(name) or keyword.iskeyword(name.capitalize()):
+        raise UsageError(f"method name {name!r} is a Python keyword, and the generated code names things after it; "
+                         f"choose another, e.g. '{name}_method'")
     if kind not in ("trainer", "modifier"):
         raise UsageError(f"--kind {kind!r}: use 'trainer' or 'modifier'")
     installed = PluginRegistry.discover().names()
@@ -203,7 +215,11 @@ def create(name: str, directory: Path | None = None, kind: str = "modifier") -> 
     dist = name.replace("_", "-")
     module = f"ptrain_{name}"
     target = Path(directory or f"ptrain-{dist}")
-    if target.exists() and any(target.iterdir()):
+    try:
+        taken = target.exists() and any(target.iterdir())
+    except OSError as err:  # a --dir name too long for the file system, a file where a folder should be
+        raise UsageError(f"--dir {str(target)[:120]!r}: cannot use it ({err.strerror or err}); choose another --dir") from None
+    if taken:
         raise UsageError(f"{target} already exists and is not empty; choose another --dir")
     methods = [name] if kind == "trainer" else ["sft", name]
     values = {"name": name, "dist": dist, "module": module, "kind": kind, "methods": repr(methods).replace("'", '"'),
@@ -215,8 +231,12 @@ def create(name: str, directory: Path | None = None, kind: str = "modifier") -> 
         f"tests/test_{name}.py": TESTS,
         "README.md": README,
     }
-    for relative, template in files.items():
-        path = target / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template.format(**values), encoding="utf-8")
+    try:
+        for relative, template in files.items():
+            path = target / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(template.format(**values), encoding="utf-8")
+    except OSError as err:  # a --dir too long for the file system, not writable, a file in the way
+        raise UsageError(f"--dir {str(target)[:120]!r}: cannot write the package there ({err.strerror or err}); "
+                         "choose another --dir") from None
     return target

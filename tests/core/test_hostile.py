@@ -151,3 +151,16 @@ def test_a_recipe_error_under_nproc_2_is_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(errors) == 1 and "already exists; pass --overwrite" in errors[0], result.stderr
     assert "Traceback" not in result.stdout + result.stderr and "ChildFailedError" not in result.stderr
+
+
+def test_new_plugin_names_are_python_identifiers_and_file_names(tmp_path):
+    cases = [
+        (["class", "--dir", str(tmp_path / "a")], "method name 'class' is a Python keyword"),
+        (["none", "--dir", str(tmp_path / "b")], "method name 'none' is a Python keyword"),
+        (["a" * 300], "is 300 characters long; use at most 64"),
+        (["fine", "--dir", str(tmp_path / ("d" * 300))], "cannot use it (File name too long); choose another --dir"),
+    ]
+    for args, message in cases:
+        result = invoke("new-plugin", *args)
+        assert result.exit_code == 2 and message in one_line(result), (args[0][:10], result.output)
+    assert not (tmp_path / "a").exists()
