@@ -122,7 +122,9 @@ def reward_functions() -> list[RewardFunction]:
 
     :return: :class:`ptrain.RewardFunction` objects.
 
-    Result rule: all results are collected; a name registered twice is an error.
+    Result rule: all results are collected; a name registered twice is an error. A function returns
+    one finite number (or None) per completion; the method that calls it checks that with
+    :func:`ptrain.check_rewards`, which stops the run with one line naming the reward otherwise.
     """
 
 
