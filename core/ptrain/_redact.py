@@ -92,9 +92,14 @@ def scrub_files(folder: str | Path, limit_bytes: int = 16 << 20) -> list[Path]:
     return changed
 
 
+SPECIAL_TOKEN_KEY = re.compile(r"(^|[_.-])(pad|eos|bos|unk|mask|sep|cls|start|end|image|audio|video|boi|eoi|think)_token$", re.IGNORECASE)
+"""Tokenizer settings (``pad_token``, ``eos_token``…): named like secrets, and not secrets."""
+
+
 def secret_key(key: str) -> bool:
     """Whether a recipe key, ``--set`` path or command-line option names a secret (its last part does)."""
-    return bool(SECRET_KEY.search(key.strip().strip("\"'").lstrip("-")))
+    name = key.strip().strip("\"'").lstrip("-")
+    return bool(SECRET_KEY.search(name)) and not SPECIAL_TOKEN_KEY.search(name)
 
 
 def redact_argv(argv: Iterable[str]) -> list[str]:

@@ -26,8 +26,8 @@ def test_redaction_by_value_shape_and_by_key(tmp_path):
     assert redact("aws_secret_access_key = " + "wJalr/K7MDENG+bPxRfiCYEXAMPLEKEY12345678") == "aws_secret_access_key = ***"
     ordinary = "max_new_tokens tokenizer sk-learn task-specific mask_token 1e-3"
     assert redact(ordinary) == ordinary
-    data = redact_data({"hub": {"token": "plain", "repo": "me/model"}, "max_new_tokens": 8, "rows": [f"x {HF}"]})
-    assert data == {"hub": {"token": "***", "repo": "me/model"}, "max_new_tokens": 8, "rows": ["x ***"]}
+    data = redact_data({"hub": {"token": "plain", "repo": "me/model"}, "max_new_tokens": 8, "rows": [f"x {HF}"], "pad_token": "<pad>"})
+    assert data == {"hub": {"token": "***", "repo": "me/model"}, "max_new_tokens": 8, "rows": ["x ***"], "pad_token": "<pad>"}
     (tmp_path / "adapter_config.json").write_text(json.dumps({"prompt_tuning_init_text": OPENAI}))
     (tmp_path / "weights.bin").write_bytes(OPENAI.encode())
     assert scrub_files(tmp_path) == [tmp_path / "adapter_config.json"]
