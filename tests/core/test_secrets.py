@@ -48,10 +48,12 @@ def _files(folder):
 
 @pytest.mark.slow
 def test_planted_secrets_reach_no_file_of_finished_runs(tmp_path, monkeypatch):
-    """sft + lora + quantize (nf4) and sft + prompt_tuning, TensorBoard on; every file walked, bytes and all."""
+    """sft + lora + quantize (nf4) and sft + prompt_tuning, TensorBoard on (and MLflow's file store on the second);
+    every file walked, bytes and all."""
     from ptrain.testing import execute, tiny_recipe
 
     pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
     monkeypatch.setenv("MY_SERVICE_API_KEY", "env-secret-value-9876")
     data = tmp_path / PATH_TOKEN / "train.jsonl"
     data.parent.mkdir()
@@ -68,13 +70,15 @@ def test_planted_secrets_reach_no_file_of_finished_runs(tmp_path, monkeypatch):
         execute(tiny_recipe(["sft", "lora", "quantize"], lora={"r": 2}, quantize={"variants": ["nf4"], "window": 16, "stride": 8},
                             **common), f"name=planted-{OPENAI}", output_dir=tmp_path / "one"),
         execute(tiny_recipe(["sft", "prompt_tuning"], prompt_tuning={"num_virtual_tokens": 4, "init": "text",
-                                                                    "init_text": f"Reverse it {ANTHROPIC}"}, **common),
+                                                                    "init_text": f"Reverse it {ANTHROPIC}"},
+                            **{**common, "train": {**common["train"], "report_to": ["tensorboard", "mlflow"]}}),
                 f"description=see {OPENAI} {description}", output_dir=tmp_path / "two"),
     ]
     one, two = (run.dir for run in runs)
     for folder in ("model", "adapter", "quantized/nf4"):
         assert (one / folder / "README.md").is_file(), folder
     assert (two / "adapter" / "README.md").is_file() and list((one / "logs").rglob("events.out.tfevents*"))
+    assert list((two / "mlruns").rglob("params/recipe.description"))
     for name in ("metrics.json", "env.json", "run.log", "log_history.json", "report.html", "recipe.resolved.toml"):
         assert (one / name).is_file(), name
     bodies = [secret[-12:] for secret in planted]  # an escaped token (hf\_…) is still a leak
