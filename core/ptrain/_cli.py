@@ -79,9 +79,11 @@ def verbose_option(command: Any) -> Any:
 
 
 def _route_library_output(verbose: bool) -> Any:
-    from ptrain._quiet import route_library_output
+    from ptrain._quiet import capture_terminal, route_library_output
 
-    return route_library_output(verbose)
+    router = route_library_output(verbose)
+    capture_terminal()
+    return router
 
 
 def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:

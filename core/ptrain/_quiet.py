@@ -6,12 +6,16 @@ router on the root logger: into ``run.log`` where a run directory exists, nowher
 the terminal only under ``--verbose``. No list of known noisy loggers: a library released tomorrow that
 logs is routed the same way. Libraries that give their logger a terminal handler of its own
 (transformers, datasets) have that handler set aside while the command runs; the router looks again at
-each stage of a run, so a library imported late is caught too. The terminal shows ptrain's own lines,
-and at the end of a run one line counting the library warnings that went to the log.
+each stage of a run, so a library imported late is caught too. A command also hands libraries a
+standard error of its own (:func:`capture_terminal`): a handler a library creates during an import and
+uses at once (torch's), and anything printed to ``sys.stderr``, becomes a record like any other, while
+ptrain's consoles keep the terminal. The terminal shows ptrain's own lines, and at the end of a run one
+line counting the library warnings that went to the log.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from typing import IO
@@ -36,19 +40,30 @@ class LibraryRouter(logging.Handler):
         self._set_aside: list[tuple[logging.Logger, logging.Handler]] = []
         self._propagation: dict[logging.Logger, bool] = {}
 
+    _busy = False
+
     def emit(self, record: logging.LogRecord) -> None:
-        if is_ptrain_logger(record.name):
-            return  # ptrain's own handlers show and file it
+        if is_ptrain_logger(record.name) or self._busy:
+            return  # ptrain's own handlers show and file it (or a sink failed and reports it: not again)
         if record.levelno >= logging.WARNING:
             self.warnings += 1
-        for sink in [*self.sinks, *([self.live] if self.live else [])]:
-            if record.levelno >= sink.level:
-                sink.handle(record)
+        self._busy = True
+        try:
+            for sink in [*self.sinks, *([self.live] if self.live else [])]:
+                if record.levelno >= sink.level:
+                    sink.handle(record)
+        finally:
+            self._busy = False
+
+    def text(self, line: str) -> None:
+        """A line a library wrote to standard error, as a warning record of the logger ``stderr``."""
+        self.handle(logging.LogRecord("stderr", logging.WARNING, "", 0, line, None, None))
 
     def show_live(self, verbose: bool, stream: IO[str] | None = None) -> None:
         """``--verbose``: library records to the terminal too, as they come, marked with their logger."""
         if verbose and self.live is None:
-            self.live = logging.StreamHandler(stream or sys.__stderr__)
+            terminal = sys.stderr.terminal if isinstance(sys.stderr, _LibraryStream) else sys.stderr
+            self.live = logging.StreamHandler(stream or terminal)
             self.live.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
         elif not verbose:
             self.live = None
@@ -78,6 +93,31 @@ class LibraryRouter(logging.Handler):
         self._propagation.clear()
 
 
+class _LibraryStream(io.TextIOBase):
+    """What libraries see as ``sys.stderr`` while a command runs: each line becomes a router record."""
+
+    def __init__(self, router: LibraryRouter, terminal: IO[str]):
+        self.router, self.terminal, self._partial = router, terminal, ""
+        self.rich_proxied_file = terminal  # ptrain's rich consoles (stderr=True) print to the terminal
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.router.text(line.rstrip())
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:  # faulthandler and friends want a real descriptor
+        return self.terminal.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.terminal, "encoding", "utf-8")
+
+
 _router: LibraryRouter | None = None
 
 
@@ -94,9 +134,20 @@ def route_library_output(verbose: bool | None = None) -> LibraryRouter:
     return _router
 
 
+def capture_terminal() -> None:
+    """For a command: ``sys.stderr`` becomes the router's stream, while ptrain's rich consoles keep the
+    terminal (rich follows ``rich_proxied_file``). Only the CLI calls this; an embedding program's
+    standard error is its own."""
+    router = route_library_output()
+    if not isinstance(sys.stderr, _LibraryStream):
+        sys.stderr = _LibraryStream(router, sys.stderr)
+
+
 def stop_routing() -> None:
     """Undo :func:`route_library_output` (for callers that embed ptrain and want their logging back)."""
     global _router
+    if isinstance(sys.stderr, _LibraryStream):
+        sys.stderr = sys.stderr.terminal
     if _router is not None:
         _router.restore()
         logging.getLogger().removeHandler(_router)
