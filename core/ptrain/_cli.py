@@ -65,7 +65,7 @@ def cli() -> None:
     ptrain validate RECIPE                check a recipe without running it
     ptrain data RECIPE                    training examples as the model sees them
     ptrain list                           installed methods
-    ptrain new-plugin NAME                scaffold a method package
+    ptrain new-plugin NAME --kind K       scaffold a plugin package (trainer, modifier, data, reward, evaluator)
     ptrain compare runs/a runs/b          compare finished runs side by side
     ptrain chat runs/NAME                 talk to a trained model (--base: next to its base)
     """
@@ -310,29 +310,19 @@ def print_samples(path: Path, count: int) -> None:
 
 
 def print_results(metrics: dict[str, Any], label: str = "run", directory: Path | None = None) -> None:
-    base, final = metrics.get("base", {}), metrics.get("final", {})
+    """The declared rows (``report_rows``, with their labels) under ``final``, base beside final when measured;
+    what no row declares stays in metrics.json."""
+    from ptrain._report import stage_rows
+
+    lines = stage_rows(metrics)
+    has_base = bool(metrics.get("base")) and any(base for _, base, _ in lines)
     table = Table(title="results", show_lines=False)
     table.add_column("metric")
-    if base:
+    if has_base:
         table.add_column("base", justify="right")
-    table.add_column("final" if base else "value", justify="right")
-    for key in dict.fromkeys([*base, *final]):
-        value = final.get(key, base.get(key))
-        if isinstance(value, dict) and key.endswith("_by_source"):  # a mixture: one line per source
-            for source in value:
-                name = f"{key.removesuffix('_by_source')} ({source})"
-                before = [_fmt((base.get(key) or {}).get(source, ""))] if base else []
-                table.add_row(name, *before, _fmt((final.get(key) or {}).get(source, "")))
-        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
-            # a mapping of numbers (one mean per reward function, per task): one row per entry
-            before, after = base.get(key) or {}, final.get(key) or {}
-            for name in dict.fromkeys([*before, *after]):
-                table.add_row(*([f"{key}.{name}"] + ([_fmt(before.get(name, ""))] if base else []) + [_fmt(after.get(name, ""))]))
-            continue
-        if isinstance(value, (dict, list)):
-            continue
-        row = [key] + ([_fmt(base.get(key, ""))] if base else []) + [_fmt(final.get(key, ""))]
-        table.add_row(*row)
+    table.add_column("final" if has_base else "value", justify="right")
+    for name, base, final in lines:
+        table.add_row(escape(name), *([escape(base)] if has_base else []), escape(final))
     console.print(table)
     from ptrain._report import run_summary
 
@@ -486,11 +476,12 @@ def chat(
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it (default ./ptrain-NAME).")
 @click.option(
-    "--kind", type=click.Choice(["trainer", "modifier"]), default="modifier", show_default=True,
-    help="trainer: builds the trainer (like sft, dpo); modifier: shapes what another method builds (like lora).",
+    "--kind", type=click.Choice(["trainer", "modifier", "data", "reward", "evaluator"]), default="modifier", show_default=True,
+    help="trainer: builds the trainer (like sft, dpo); modifier: shapes what another method builds (like lora); "
+    "data: a source with options and a format; reward: a named reward for grpo; evaluator: measures the model.",
 )
 def new_plugin(name: str, directory: str | None, kind: str) -> None:
-    """Scaffold a package for a new method NAME (distribution ptrain-NAME, module ptrain_NAME)."""
+    """Scaffold a package for a new plugin NAME of a kind (distribution ptrain-NAME, module ptrain_NAME)."""
     from pathlib import Path
 
     from ptrain._scaffold import create

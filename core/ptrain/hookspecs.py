@@ -13,12 +13,17 @@ Kinds of plugin, by the hooks they implement (``ptrain list`` shows the kind):
 * a **modifier** changes what others do: ``load_model``/``prepare_data``/``build_trainer``
   wrappers, ``training_setup``, ``evaluate``, ``export``;
 * a **data** plugin adds ``data_formats`` or ``data_sources``; a **reward** plugin adds
-  ``reward_functions``.
+  ``reward_functions``;
+* an **evaluator** implements ``evaluate`` (with its section, checks and report rows) and nothing
+  that changes the model, the data or the trainer: it measures, it trains nothing.
+
+Any kind may declare ``method_traits`` (what it is, for other methods to ask at validation).
 
 When hooks fire::
 
     ptrain validate / ptrain run      (nothing heavy imported)
-      recipe_sections, data_formats, data_sources, reward_functions   -> the recipe is checked
+      recipe_sections, method_traits, data_formats, data_sources,
+      reward_functions                                                 -> the recipe is checked
       validate_recipe(recipe)                                          -> whole-recipe checks
       (local data files are read and every row normalised: errors name file and line)
     ptrain run
@@ -76,12 +81,34 @@ def recipe_sections() -> dict[str, type]:
 
 
 @hookspec
+def method_traits() -> list[str]:
+    """What this method is, so that other methods ask instead of listing its name.
+
+    :return: trait names, lower-case words joined by ``_``: the ones ptrain's methods use are in
+        :data:`ptrain.TRAITS` (``"adds_adapters"``, ``"quantizes_base"``, ``"needs_pairs"``,
+        ``"prompt_learning"``, ``"evaluates"``); a plugin may add its own. ``"owns_trainer"`` is set by
+        the core for the method that builds the trainer and is never declared.
+
+    At validation, ``recipe.methods_with("adds_adapters")`` lists the recipe's methods with a trait
+    (recipe order) and ``recipe.traits(method)`` one method's traits: e.g. a modifier that freezes
+    layers refuses ``recipe.methods_with("adds_adapters")`` without naming ``lora``.
+
+    Result rule: all results are collected per plugin; a trait that is not lower-case words joined by
+    ``_`` is a recipe error naming the plugin. Runs before anything heavy is imported.
+    """
+
+
+@hookspec
 def validate_recipe(recipe: Recipe) -> None:
     """Check the whole recipe: what one section's ``validate`` cannot see.
 
     :param recipe: the validated :class:`ptrain.Recipe`: ``recipe.methods``, ``recipe.section(name)``,
-        ``recipe.trainer_owner`` (the method that builds the trainer, or None), ``recipe.data_fields``
-        (the normalised fields every data row will have, or None when only loading can tell).
+        ``recipe.trainer_owner`` (the method that builds the trainer, or None), ``recipe.traits(method)``
+        and ``recipe.methods_with(trait)`` (see ``method_traits``), ``recipe.data_fields`` (the
+        normalised fields every data row will have, or None when only loading can tell; per format in
+        CONTRIBUTING.md), ``recipe.data_options(name)`` (a source's or format's validated options).
+        Facts about the model without loading it are not here yet: the planned model-facts service
+        (config only) is where a check of layer counts or sizes belongs.
     :raise RecipeError: with ``key=`` the recipe key at fault (``"methods"``, ``"data.source"``);
         the core adds the file that set it. ``ptrain validate`` exits 2 with that one line.
 
@@ -96,6 +123,8 @@ def data_formats() -> list[DataFormat]:
 
     :return: :class:`ptrain.DataFormat` objects. The core registers its own the same way:
         ``prompt_completion``, ``alpaca``, ``dolly``, ``messages``, ``preference``, ``unpaired``, ``text``.
+        A format with ``options`` (a dataclass) reads its settings from the recipe's ``[data.<name>]``
+        table, validated like a section; ``normalize`` then gets them as a third argument.
 
     Result rule: all results are collected; a name registered twice is an error.
     """
@@ -109,10 +138,15 @@ def data_sources() -> list[DataSource]:
         ``.parquet`` files, ``builtin:tasks``, ``builtin:preferences``, and hub datasets. A source
         that can read rows one at a time gives ``stream`` as well as ``read``: with
         ``data.streaming = true`` the trainer then reads its rows as it trains (without ``stream``,
-        ``read`` is used and the rows are held in memory).
+        ``read`` is used and the rows are held in memory). A source with ``options`` (a dataclass)
+        reads its settings from the recipe's ``[data.<name>]`` table, validated like a section before
+        anything heavy; ``read`` gets them as ``request.settings``. ``local=True``: cheap to read here,
+        so validation reads and checks every row.
 
     Result rule: all results are collected; the first source (recipe order, the core's last) whose
     ``matches`` accepts the value reads it (``data.source``, or each ``[[data.sources]]`` entry of a mixture).
+    A value that only an installed plugin not in ``methods`` reads (``sqlite:rows.db``) is a recipe
+    error naming that plugin, not a hub dataset ID.
     """
 
 
