@@ -332,3 +332,16 @@ def test_kit_plugins_accept_unhashable_objects(ptrain_validate):
     plugin = types.SimpleNamespace(evaluate=hookimpl(lambda run, stage: None), method_traits=hookimpl(lambda: ["evaluates"]))
     recipe = ptrain_validate(tiny_recipe(["sft", "probe"]), plugins={"probe": plugin})
     assert recipe.traits("probe") == {"evaluates"}
+
+
+def test_a_directory_named_ptrain_does_not_shadow_the_package_under_pytest(tmp_path):
+    """A checkout named ``ptrain`` (no ``__init__.py``), tested from its parent: the kit restores the real package."""
+    tests = tmp_path / "ptrain" / "tests"
+    tests.mkdir(parents=True)
+    (tests / "test_probe.py").write_text(
+        "from ptrain import RecipeError, hookimpl\n\n\ndef test_imports(ptrain_validate, ptrain_recipe):\n"
+        "    assert RecipeError and hookimpl and ptrain_validate(ptrain_recipe).methods == ['sft']\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "ptrain/tests"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-2000:]
