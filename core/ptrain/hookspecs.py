@@ -164,7 +164,9 @@ def reward_functions() -> list[RewardFunction]:
 def report_rows() -> list[ReportRow]:
     """Rows this plugin wants in the end-of-run table and in ``ptrain compare``.
 
-    :return: :class:`ptrain.ReportRow` objects, each a dotted path into ``metrics.json``.
+    :return: :class:`ptrain.ReportRow` objects, each a dotted path into ``metrics.json`` with its label.
+        The end-of-run table is built from these rows alone, by label (base beside final); a metric no
+        row declares stays in ``metrics.json`` only.
 
     Result rule: all results are collected, the core's rows first, then the methods' in recipe
     order. A finished run saves them in ``metrics.json`` (``report``), so ``compare`` shows them
@@ -214,7 +216,8 @@ def training_setup(run: Run) -> TrainingSetup | None:
     :param run: the current run, with model and datasets.
     :return: a :class:`ptrain.TrainingSetup`: ``arguments`` (``TrainingArguments`` fields, applied
         by :func:`ptrain.training_arguments` for the owner) and ``callbacks`` (added by the core to
-        the built trainer), or None.
+        the built trainer), or None. A callback that wants its numbers in ``log_history.json``, the
+        report's curves and the trackers calls ``run.log_scalars({...})``.
 
     Result rule: all results are collected in recipe order; two methods setting one argument to
     different values is an error. A recipe with a plugin implementing this hook and no trainer
@@ -247,6 +250,11 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
     :param stage: ``"base"`` (before training) or ``"final"`` (after training).
     :return: a flat mapping of metric name to a JSON-serialisable value, or None. Report other
         models the method measured (a teacher, a quantized variant) with :meth:`ptrain.Run.record_model`.
+        To score the core's held-out prompts, read ``run.held_out`` (:class:`ptrain.HeldOut`) and call
+        ``run.generate(held.prompts, held.max_new_tokens)``: each prompt is generated once per stage,
+        whoever asks first, and reused after (counts in ``metrics.json`` under ``generation``). Declare
+        the metrics the table should show with ``report_rows``; log values over time with
+        :meth:`ptrain.Run.log_scalars` (from any hook or training callback).
 
     Result rule: all results are collected and merged into ``metrics.json`` under the stage
     (the core's first, the methods' after).
