@@ -71,6 +71,21 @@ def cli() -> None:
     """
 
 
+def verbose_option(command: Any) -> Any:
+    """``--verbose``: what libraries log (warnings included) shown live on the terminal, besides ``run.log``."""
+    return click.option(
+        "--verbose", is_flag=True, help="Show what the libraries log and warn as it comes (otherwise: run.log only).",
+    )(command)
+
+
+def _route_library_output(verbose: bool) -> Any:
+    from ptrain._quiet import capture_terminal, route_library_output
+
+    router = route_library_output(verbose)
+    capture_terminal()
+    return router
+
+
 def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
     from ptrain._recipe import load_recipe
 
@@ -98,9 +113,11 @@ def _load(recipe_path: str, overrides: tuple[str, ...]) -> Any:
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True, help="Machines taking part (run the same command on each).")
 @click.option("--node-rank", type=click.IntRange(min=0), help="This machine's number among --nnodes, 0 to N-1 (0 writes the run directory).")
 @click.option("--rdzv-endpoint", metavar="HOST:PORT", help="Address of node 0, where the machines meet (with --nnodes > 1).")
+@verbose_option
 def run(
     recipes: tuple[str, ...], overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool,
     skip_done: bool, compare_dir: str | None, nproc: int, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None,
+    verbose: bool,
 ) -> None:
     """Run RECIPES in order: load, train, evaluate and export as their methods say.
 
@@ -112,6 +129,7 @@ def run(
     if nproc > 1 and len(recipes) > 1:
         fail_usage(UsageError("--nproc runs one recipe at a time; run the recipes one by one"))
     nodes = _nodes(nnodes, node_rank, rdzv_endpoint, len(recipes))
+    _route_library_output(verbose)
     loaded = _load_pipeline(recipes, overrides)  # every recipe is checked before anything runs
     names = [r.output.dir or f"runs/{r.name}" for r in loaded if r is not None]
     clash = next((n for n in names if names.count(n) > 1), None)
@@ -127,7 +145,7 @@ def run(
             console.print(f"skipped: {escape(str(where))} already holds a finished run of this recipe")
             run_dirs.append(str(where))
             continue
-        run_dirs.append(_run_one(path, recipe, overrides, output_dir, overwrite, resume, nproc, nodes))
+        run_dirs.append(_run_one(path, recipe, overrides, output_dir, overwrite, resume, nproc, nodes, verbose))
     if compare_dir and run_dirs:
         _print_comparison(tuple(run_dirs), compare_dir)
 
@@ -186,7 +204,7 @@ def _nodes(nnodes: int, node_rank: int | None, endpoint: str | None, recipes: in
 
 def _run_one(
     path: str, loaded: Any, overrides: tuple[str, ...], output_dir: str | None, overwrite: bool, resume: bool, nproc: int,
-    nodes: tuple[int, int, str] | None = None,
+    nodes: tuple[int, int, str] | None = None, verbose: bool = False,
 ) -> str:
     """Run one loaded recipe in this process (or under torchrun); exits on failure, returns the run directory."""
     if (nproc > 1 or nodes) and "LOCAL_RANK" not in os.environ:
@@ -194,6 +212,7 @@ def _run_one(
         args += ["--output-dir", output_dir] if output_dir else []
         args += ["--overwrite"] if overwrite else []
         args += ["--resume"] if resume else []
+        args += ["--verbose"] if verbose else []
         code = launch(nproc, args, nodes)
         if code:
             sys.exit(code)
@@ -210,9 +229,8 @@ def _run_one(
     logger = logging.getLogger("ptrain")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    # on an AVX512-BF16 CPU, importing bitsandbytes warns that an optional kernel package ("kernels")
-    # is missing; ptrain keeps trained 4-bit models off that path anyway (ptrain._bnb): noise
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    router = _route_library_output(verbose)
+    warnings_before = router.warnings
     console.print(f"[bold]ptrain run[/] {escape(loaded.name)}: methods {escape(', '.join(loaded.methods))} on {escape(loaded.model.name)}")
     from ptrain._lifecycle import execute, run_path
     from ptrain._rundir import AlreadyFinished
@@ -245,6 +263,12 @@ def _run_one(
         return str(result.dir) if result else ""
     print_results(result.metrics, loaded.name, result.dir)
     print_samples(result.dir / "samples.jsonl", loaded.eval.show_samples)
+    library_warnings = router.warnings - warnings_before
+    if library_warnings and not verbose:
+        console.print(
+            f"[dim]{library_warnings} library warning{'s' * (library_warnings != 1)} went to "
+            f"{escape(str(result.dir / 'run.log'))} (--verbose shows them as they come)[/]"
+        )
     console.print(f"run directory: [bold]{escape(str(result.dir))}[/]")
     return str(result.dir)
 
@@ -364,7 +388,8 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
 @click.option("-n", "count", type=click.IntRange(min=0), default=3, show_default=True, help="Examples to show.")
 @click.option("--split", type=click.Choice(["train", "eval"]), default="train", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: the data summary and each example with its token counts.")
-def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_json: bool) -> None:
+@verbose_option
+def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_json: bool, verbose: bool) -> None:
     """Show RECIPE's first training examples exactly as the model will see them: prompt and completion
     with their boundary marked, token counts, truncation, and the data's sources and sizes."""
     from ptrain import _preview
@@ -372,6 +397,7 @@ def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_jso
     from ptrain._quiet import quiet_libraries
 
     loaded = _load(recipe, overrides)
+    _route_library_output(verbose)
     quiet_libraries()
     try:
         tokenizer = load_tokenizer(loaded.model.tokenizer or loaded.model.name, revision=loaded.model.revision,
@@ -434,9 +460,10 @@ def list_methods(as_json: bool, verbose: bool) -> None:
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model whose code is not part of transformers to run it.")
+@verbose_option
 def chat(
     target: str, prompts: tuple[str, ...], prompts_file: str | None, as_json: bool, base: bool, variant: str | None,
-    max_new_tokens: int, temperature: float, top_p: float, seed: int, trust_remote_code: bool,
+    max_new_tokens: int, temperature: float, top_p: float, seed: int, trust_remote_code: bool, verbose: bool,
 ) -> None:
     """Chat with TARGET: a run directory, a model or adapter directory, or a hub ID.
 
@@ -459,6 +486,7 @@ def chat(
             fail_usage(UsageError(f"--prompts {prompts_file}: no prompts in it (one per line)"))
     if as_json and not texts:
         fail_usage(UsageError("--json answers --prompt/--prompts; a conversation has no JSON form"))
+    _route_library_output(verbose)
     quiet_libraries()
     options = _chat.GenerationOptions(max_new_tokens, temperature, top_p, seed)
     try:
@@ -499,8 +527,10 @@ def new_plugin(name: str, directory: str | None, kind: str) -> None:
     "--output", "-o", type=click.Path(file_okay=False),
     help="Where to write compare.md, compare.png and compare.html (default: the first run's parent).",
 )
-def compare(run_dirs: tuple[str, ...], output: str | None) -> None:
+@verbose_option
+def compare(run_dirs: tuple[str, ...], output: str | None, verbose: bool) -> None:
     """Compare finished runs (their metrics.json) side by side: a table, Markdown, a PNG chart and an HTML report."""
+    _route_library_output(verbose)
     _print_comparison(run_dirs, output)
 
 
@@ -520,6 +550,11 @@ def _print_comparison(run_dirs: tuple[str, ...], output: str | None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    from ptrain._report import expand, library_differences, read_run
+
+    libraries = library_differences([c for d in run_dirs for c in expand(read_run(d))])
+    if libraries:
+        console.print(f"[yellow]note:[/] the runs were {escape(libraries)}")
     console.print(f"written: [bold]{md}[/], [bold]{png}[/], [bold]{html}[/]")
 
 

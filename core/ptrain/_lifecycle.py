@@ -19,8 +19,9 @@ from ptrain import _artifacts
 from ptrain._bnb import keep_off_packed_path
 from ptrain._cards import write_missing_cards
 from ptrain._errors import ProcessLost, RunInterrupted, UsageError
+from ptrain._lock import lock_status
 from ptrain._memory import measure_memory, memory_in_use_mb, training_breakdown, trim_freed_memory
-from ptrain._quiet import quiet_libraries
+from ptrain._quiet import quiet_libraries, route_library_output
 from ptrain._recipe import Recipe
 from ptrain._redact import RedactingFilter, redact_argv, redact_toml
 from ptrain._run import Run
@@ -72,6 +73,7 @@ def environment(seed: int) -> dict[str, Any]:
         "world_size": _world_size(),
         "argv": redact_argv(sys.argv),
         "git_sha": _git_sha(),
+        "lock": lock_status(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if "torch" in sys.modules:
@@ -113,17 +115,18 @@ def _attach_log_file(path: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     handler.addFilter(RedactingFilter())
-    for name in ("ptrain", "transformers", "trl", "peft", "accelerate"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        if name == "ptrain":
-            logger.setLevel(logging.DEBUG)
+    logger = logging.getLogger("ptrain")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    route_library_output().sinks.append(handler)  # every other library's records and warnings too
     return handler
 
 
 def _detach_log_file(handler: logging.Handler) -> None:
-    for name in ("ptrain", "transformers", "trl", "peft", "accelerate"):
-        logging.getLogger(name).removeHandler(handler)
+    logging.getLogger("ptrain").removeHandler(handler)
+    router = route_library_output()
+    if handler in router.sinks:
+        router.sinks.remove(handler)
     handler.close()
 
 
@@ -274,6 +277,7 @@ def _stages(run: Run) -> None:
             run._core.skeleton = model_skeleton(run.model)
         run.trainer = hook.build_trainer(run=run)
     if run.trainer is not None:
+        route_library_output()
         _apply_setup(run)
         run._core.tracking = start_tracking(run)
         _train(run)
@@ -342,12 +346,14 @@ class _status:
         self.run, self.text, self.status = run, text, None
 
     def __enter__(self) -> None:
+        route_library_output()  # a library imported by the last stage may have brought a terminal handler
         log.info("%s", self.text)
         if self.run.console is not None and self.run.is_main_process:
             self.status = self.run.console.status(self.text + "…")
             self.status.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
+        route_library_output()
         if self.status is not None:
             self.status.__exit__(*exc)
 

@@ -195,6 +195,33 @@ def machine(runs: list[RunSummary]) -> str:
     return "; ".join(seen)
 
 
+def library_differences(runs: list[RunSummary]) -> str:
+    """When the runs were made with different libraries, which (from env.json: the lock's identity and
+    the versions recorded); "" when they agree or nothing says."""
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    for run in runs:
+        try:
+            env = json.loads((run.dir / "env.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(env, dict) and str(run.dir) not in seen:
+            lock = env.get("lock") if isinstance(env.get("lock"), dict) else {}
+            versions = env.get("versions") if isinstance(env.get("versions"), dict) else {}
+            seen[str(run.dir)] = (run.label, {**versions, "lock": lock.get("sha256")})
+    if len(seen) < 2:
+        return ""
+    labels = [label for label, _ in seen.values()]
+    if len(set(labels)) < len(labels):  # the same recipe run twice: the directories tell them apart
+        seen = {d: (Path(d).name, versions) for d, (_, versions) in seen.items()}
+    keys = sorted({k for _, versions in seen.values() for k in versions})
+    moved = []
+    for key in keys:
+        values = {label: versions.get(key) for label, versions in seen.values()}
+        if len(set(map(str, values.values()))) > 1:
+            moved.append(f"{key} " + " / ".join(f"{v} ({label})" for label, v in values.items()))
+    return ("made with different libraries: " + "; ".join(moved)) if moved else ""
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -277,10 +304,12 @@ def compare(run_dirs: list[str], output: str | Path | None = None) -> tuple[list
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / "compare.md"
     where = machine(runs)
+    libraries = library_differences(runs)
     write_text(
         md,
         f"# Runs compared\n\n{markdown(header, lines)}\nRuns: {', '.join(dict.fromkeys(str(r.dir) for r in runs))}\n"
-        + (f"\nMachine: {where}\n" if where else ""),
+        + (f"\nMachine: {where}\n" if where else "")
+        + (f"\nRuns {libraries}\n" if libraries else ""),
     )
     png = chart(runs, rows, folder / "compare.png")
     return header, lines, md, png
