@@ -416,7 +416,7 @@ def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_jso
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (everything the verbose view shows).")
 @click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources, rewards and traits.")
 def list_methods(as_json: bool, verbose: bool) -> None:
-    """Installed plugins: name, distribution, version, kind (trainer, modifier, data, reward) and status."""
+    """Installed plugins: name, distribution, version, kind (trainer, modifier, data, reward, evaluator) and status."""
     from ptrain._registry import PluginRegistry
 
     infos = PluginRegistry.discover().inspect_all()
