@@ -52,10 +52,12 @@ from ptrain._tasks import generate as generate_tasks
 from ptrain._training import train_auxiliary, training_arguments, world_size
 from ptrain._types import (
     ROW_FIELDS,
+    TRAITS,
     DataFormat,
     DataRequest,
     DataSource,
     DataSplits,
+    HeldOut,
     LoadedModel,
     ReportRow,
     RewardFunction,
@@ -67,7 +69,7 @@ __version__ = "0.2.0"
 __all__ = [
     # the contract
     "hookimpl", "Run", "Recipe", "LoadedModel", "DataSplits", "TrainingSetup", "ReportRow",
-    "DataFormat", "DataSource", "DataRequest", "ROW_FIELDS", "RewardFunction",
+    "DataFormat", "DataSource", "DataRequest", "ROW_FIELDS", "RewardFunction", "TRAITS", "HeldOut",
     "ModelSection", "DataSection", "TrainSection", "EvalSection",
     # errors
     "PtrainError", "UsageError", "RecipeError", "DataError",

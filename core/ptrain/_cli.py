@@ -81,7 +81,7 @@ def cli() -> None:
     ptrain validate RECIPE                check a recipe without running it
     ptrain data RECIPE                    training examples as the model sees them
     ptrain list                           installed methods
-    ptrain new-plugin NAME                scaffold a method package
+    ptrain new-plugin NAME --kind K       scaffold a plugin package (trainer, modifier, data, reward, evaluator)
     ptrain compare runs/a runs/b          compare finished runs side by side
     ptrain chat runs/NAME                 talk to a trained model (--base: next to its base)
     """
@@ -419,29 +419,19 @@ def print_samples(path: Path, count: int) -> None:
 
 
 def print_results(metrics: dict[str, Any], label: str = "run", directory: Path | None = None) -> None:
-    base, final = metrics.get("base", {}), metrics.get("final", {})
+    """The declared rows (``report_rows``, with their labels) under ``final``, base beside final when measured;
+    what no row declares stays in metrics.json."""
+    from ptrain._report import stage_rows
+
+    lines = stage_rows(metrics)
+    has_base = bool(metrics.get("base")) and any(base for _, base, _ in lines)
     table = Table(title="results", show_lines=False)
     table.add_column("metric")
-    if base:
+    if has_base:
         table.add_column("base", justify="right")
-    table.add_column("final" if base else "value", justify="right")
-    for key in dict.fromkeys([*base, *final]):
-        value = final.get(key, base.get(key))
-        if isinstance(value, dict) and key.endswith("_by_source"):  # a mixture: one line per source
-            for source in value:
-                name = f"{key.removesuffix('_by_source')} ({source})"
-                before = [_fmt((base.get(key) or {}).get(source, ""))] if base else []
-                table.add_row(name, *before, _fmt((final.get(key) or {}).get(source, "")))
-        elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
-            # a mapping of numbers (one mean per reward function, per task): one row per entry
-            before, after = base.get(key) or {}, final.get(key) or {}
-            for name in dict.fromkeys([*before, *after]):
-                table.add_row(*([f"{key}.{name}"] + ([_fmt(before.get(name, ""))] if base else []) + [_fmt(after.get(name, ""))]))
-            continue
-        if isinstance(value, (dict, list)):
-            continue
-        row = [key] + ([_fmt(base.get(key, ""))] if base else []) + [_fmt(final.get(key, ""))]
-        table.add_row(*row)
+    table.add_column("final" if has_base else "value", justify="right")
+    for name, base, final in lines:
+        table.add_row(escape(name), *([escape(base)] if has_base else []), escape(final))
     console.print(table)
     from ptrain._report import run_summary
 
@@ -509,9 +499,9 @@ def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_jso
 
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (everything the verbose view shows).")
-@click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources and rewards.")
+@click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources, rewards and traits.")
 def list_methods(as_json: bool, verbose: bool) -> None:
-    """Installed plugins: name, distribution, version, kind (trainer, modifier, data, reward) and status."""
+    """Installed plugins: name, distribution, version, kind (trainer, modifier, data, reward, evaluator) and status."""
     from ptrain._registry import PluginRegistry
 
     infos = PluginRegistry.discover().inspect_all()
@@ -535,12 +525,12 @@ def list_methods(as_json: bool, verbose: bool) -> None:
         console.print(text.replace(f"  {info.status}  ", f"  [{colour}]{info.status}[/]  ", 1), soft_wrap=True)
         if verbose and info.status == "ok":
             declared = [("hooks", info.hooks), ("sections", sorted(info.sections)), ("formats", info.formats),
-                        ("sources", info.sources), ("rewards", info.rewards)]
+                        ("sources", info.sources), ("rewards", info.rewards), ("traits", info.traits)]
             for what, items in declared:
                 if items:
                     console.print(f"    {what}: {escape(', '.join(items))}", soft_wrap=True)
     if not verbose:
-        console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources and rewards[/]")
+        console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources, rewards and traits[/]")
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -612,11 +602,12 @@ def chat(
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it (default ./ptrain-NAME).")
 @click.option(
-    "--kind", type=click.Choice(["trainer", "modifier"]), default="modifier", show_default=True,
-    help="trainer: builds the trainer (like sft, dpo); modifier: shapes what another method builds (like lora).",
+    "--kind", type=click.Choice(["trainer", "modifier", "data", "reward", "evaluator"]), default="modifier", show_default=True,
+    help="trainer: builds the trainer (like sft, dpo); modifier: shapes what another method builds (like lora); "
+    "data: a source with options and a format; reward: a named reward for grpo; evaluator: measures the model.",
 )
 def new_plugin(name: str, directory: str | None, kind: str) -> None:
-    """Scaffold a package for a new method NAME (distribution ptrain-NAME, module ptrain_NAME)."""
+    """Scaffold a package for a new plugin NAME of a kind (distribution ptrain-NAME, module ptrain_NAME)."""
     from pathlib import Path
 
     from ptrain._scaffold import create

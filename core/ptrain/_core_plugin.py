@@ -46,6 +46,14 @@ def validate_recipe(recipe: Recipe) -> None:
             key="data.streaming",
         )
     check_report_to(recipe.train.report_to)
+    fields = recipe.data_fields
+    for method in recipe.methods_with("needs_pairs"):  # what the trait promises, for methods that do not check it themselves
+        if fields is not None and not {"chosen", "rejected"} <= fields:
+            raise RecipeError(
+                f"{method} trains on preference pairs (trait needs_pairs), and the data gives {recipe.data_format!r} rows "
+                'without chosen and rejected; use rows with prompt, chosen and rejected (data.format = "preference")',
+                key="data.source" if recipe.data.format == "auto" else "data.format",
+            )
 
 
 @hookimpl
@@ -83,8 +91,9 @@ def report_rows() -> list[ReportRow]:
         ReportRow("task metric", "final.task_metric", base=True, chart="quality"),
         ReportRow("valid JSON", "final.valid_json_rate", base=True, chart="quality"),
         ReportRow("training rows", "data.train_rows", format="count"),
-        ReportRow("task metric by source", "final.task_metric_by_source", base=True),
-        ReportRow("eval loss by source", "final.eval_loss_by_source"),
+        ReportRow("task metric by task", "final.task_metric_by_task", base=True, each=True),
+        ReportRow("task metric by source", "final.task_metric_by_source", base=True, each=True),
+        ReportRow("eval loss by source", "final.eval_loss_by_source", each=True),
     ]
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ptrain._errors import DataError, RecipeError
 from ptrain._formats import PLAIN_TEMPLATE, PLAIN_TEMPLATE_NO_INPUT
+from ptrain._schema import build as build_section
 from ptrain._schema import suggest
 from ptrain._sections import DataSection
 from ptrain._types import DataFormat, DataRequest, DataSource
@@ -31,6 +33,12 @@ class Catalog:
 
     formats: dict[str, tuple[str, DataFormat]] = field(default_factory=dict)
     sources: list[tuple[str, DataSource]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    """``[data.<name>]`` option objects of the sources and formats that declare ``options``, validated."""
+    unlisted_readers: Callable[[str], list[str]] | None = None
+    """Location -> installed plugins not in the recipe's methods whose sources read it (for error hints)."""
+    source_of: Callable[[str], str] | None = None
+    """Dotted key -> the file that set it (for errors in option tables)."""
 
     def add_formats(self, plugin: str, formats: list[DataFormat]) -> None:
         for fmt in formats or []:
@@ -45,11 +53,62 @@ class Catalog:
         self.sources.extend((plugin, source) for source in sources or [])
 
     def source_for(self, location: str, key: str) -> DataSource:
-        for _, source in self.sources:
+        for plugin, source in self.sources:
             if source.matches(location):
+                if plugin == "core" and source.name == "hub" and SCHEME.match(location):
+                    self._unlisted(location, key)  # "sqlite:rows.db" is no hub ID: a plugin not in methods may read it
                 return source
+        self._unlisted(location, key)
         names = ", ".join(s.name for _, s in self.sources)
         raise RecipeError(f"no data source reads {location!r} (sources: {names}){suggest(location, [s.name for _, s in self.sources])}", key=key)
+
+    def _unlisted(self, location: str, key: str) -> None:
+        readers = self.unlisted_readers(location) if self.unlisted_readers is not None else []
+        if readers:
+            raise RecipeError(
+                f"{location!r} is read by a data source of plugin {readers[0]!r}, which is installed and not in methods; "
+                f"add {readers[0]!r} to methods",
+                key=key,
+            )
+
+    def option_schemas(self) -> dict[str, tuple[str, type]]:
+        """``[data.<name>]`` table name -> (what declares it, its options dataclass)."""
+        schemas: dict[str, tuple[str, type]] = {}
+        for plugin, item in [*self.sources, *self.formats.values()]:
+            if item.options is None:
+                continue
+            what = f"data {'source' if isinstance(item, DataSource) else 'format'} {item.name!r} of plugin {plugin!r}"
+            if not OPTION_NAME.match(item.name) or item.name in DataSection.__dataclass_fields__:
+                raise RecipeError(
+                    f"{what} declares options, and its name cannot name a [data.<name>] table (letters, digits, '_' and '-', "
+                    f"and no [data] key); rename it",
+                    key="methods",
+                )
+            if item.name in schemas and schemas[item.name][1] is not item.options:
+                raise RecipeError(f"{what} and {schemas[item.name][0]} both read options from [data.{item.name}]; rename one", key="methods")
+            schemas[item.name] = (what, item.options)
+        return schemas
+
+    def take_options(self, table: dict[str, Any], source_of: Callable[[str], str]) -> dict[str, Any]:
+        """``table`` (the recipe's ``[data]``) without its ``[data.<name>]`` option tables, which are validated
+        against their sources' and formats' schemas and kept in :attr:`options`."""
+        self.source_of = source_of
+        schemas = self.option_schemas()
+        rest = {}
+        for key, value in table.items():
+            if key in schemas and isinstance(value, dict):
+                self.options[key] = build_section(schemas[key][1], value, f"data.{key}", source_of)
+            else:
+                rest[key] = value
+        return rest
+
+    def settings(self, item: DataSource | DataFormat) -> Any:
+        """The validated options of a source or format (its ``[data.<name>]`` table, or the defaults); None without options."""
+        if item.options is None:
+            return None
+        if item.name not in self.options:
+            self.options[item.name] = build_section(item.options, {}, f"data.{item.name}", self.source_of or (lambda key: "recipe"))
+        return self.options[item.name]
 
     def format(self, name: str, key: str = "data.format") -> DataFormat:
         if name not in self.formats:
@@ -132,6 +191,10 @@ class DataPlan:
         return "+".join(dict.fromkeys(names))  # type: ignore[arg-type]
 
 
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-_]+:")
+"""A location that starts like ``sqlite:`` names a source's scheme (hub IDs have no colon)."""
+OPTION_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
+
 STREAM_CHECK_ROWS = 1000
 """With ``data.streaming``, ``ptrain validate`` reads and checks this many rows of each source."""
 
@@ -163,14 +226,18 @@ def _part(location: str, prefix: str, role: str, section: DataSection, catalog: 
     elif source.format:
         fmt = catalog.format(source.format)
     part = Part(location, key, role, source, fmt)
+    catalog.settings(source)  # a required option is missing: say so at validation
+    if fmt is not None:
+        catalog.settings(fmt)
     if read_local and source.local:
         streamed = section.streaming and role == "train" and source.stream is not None
         read(part, section, catalog, seed, limit=STREAM_CHECK_ROWS if streamed else None)
     return part
 
 
-def request_for(part: Part, section: DataSection, seed: int) -> DataRequest:
-    return DataRequest(part.location, part.key, part.role, section.split, seed, section)  # type: ignore[arg-type]
+def request_for(part: Part, section: DataSection, seed: int, catalog: Catalog | None = None) -> DataRequest:
+    settings = catalog.settings(part.source) if catalog is not None else None
+    return DataRequest(part.location, part.key, part.role, section.split, seed, section, settings)  # type: ignore[arg-type]
 
 
 def read(part: Part, section: DataSection, catalog: Catalog, seed: int, limit: int | None = None) -> Rows:
@@ -180,7 +247,7 @@ def read(part: Part, section: DataSection, catalog: Catalog, seed: int, limit: i
         return part.rows
     if limit is not None and part.sample is not None:
         return part.sample
-    request = request_for(part, section, seed)
+    request = request_for(part, section, seed, catalog)
     if limit is not None and part.source.stream is not None:
         raw = list(itertools.islice(part.source.stream(request), limit))
     else:
@@ -233,13 +300,15 @@ def normaliser(part: Part, section: DataSection, catalog: Catalog, first: tuple[
     if part.format is None:
         part.format = catalog.detect({mapping.get(k, k) for k in first_row}, first_where)
     fmt = part.format
+    settings = catalog.settings(fmt)
+    convert = fmt.normalize if settings is None else (lambda row, where: fmt.normalize(row, where, settings))  # type: ignore[call-arg]
 
     def normalise(where: str, raw: dict[str, Any]) -> dict[str, Any]:
         row = {mapping.get(k, k): v for k, v in raw.items()}
         absent = [c for c in fmt.columns if c not in row]
         if absent:
             raise DataError(f"{where}: format {fmt.name!r} needs column(s) {absent}; found {sorted(row)}; map yours with data.columns")
-        normalised = fmt.normalize(row, where)
+        normalised = convert(row, where)
         size = _text_size(normalised)
         if size > section.max_row_chars:
             raise DataError(

@@ -179,9 +179,9 @@ def _summary(plan: DataPlan, section: DataSection, counts: list[int], eval_count
 # ------------------------------------------------------------------ streaming
 
 
-def _raw_stream(source: SourcePlan, seed: int) -> Iterator[tuple[str, dict[str, Any]]]:
+def _raw_stream(source: SourcePlan, seed: int, catalog: Catalog | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     part = source.train
-    request = request_for(part, source.section, seed)
+    request = request_for(part, source.section, seed, catalog)
     if part.source.stream is not None:
         return iter(part.source.stream(request))
     return iter(part.source.read(request))  # a source that cannot stream: read whole, as without streaming
@@ -189,7 +189,7 @@ def _raw_stream(source: SourcePlan, seed: int) -> Iterator[tuple[str, dict[str, 
 
 def _source_stream(source: SourcePlan, catalog: Catalog, seed: int, tokenizer: Any, skip: int, mixed: bool) -> Iterator[dict[str, Any]]:
     """One pass over a source's training rows, normalised and rendered, after its ``skip`` held-out rows."""
-    raw = _raw_stream(source, seed)
+    raw = _raw_stream(source, seed, catalog)
     first = next(raw, None)
     if first is None:
         raise DataError(f"{source.train.key} = {source.train.location!r}: no rows")

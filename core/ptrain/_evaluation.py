@@ -255,6 +255,8 @@ class Generations:
     texts: list[str]
     new_tokens: int
     seconds: float
+    reused: int = 0
+    """Answers :meth:`ptrain.Run.generate` took from before instead of generating (their tokens are not counted)."""
 
     @property
     def tokens_per_second(self) -> float:

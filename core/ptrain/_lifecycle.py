@@ -295,6 +295,13 @@ def _stages(run: Run) -> None:
     write_missing_cards(run)  # a model directory its exporter gave no card gets the core's
     run.metrics["run"]["wall_time_s"] = round(time.perf_counter() - started, 2)
     run.metrics["report"] = [dataclasses.asdict(row) for row in report_rows(recipe)]
+    if run._core.history:  # scalars hooks logged outside training (Run.log_scalars)
+        history_file = run.dir / "log_history.json"
+        try:
+            history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
+        except (OSError, ValueError):
+            history = []
+        _artifacts.write_json(history_file, [*history, *run._core.history])
     _artifacts.write_json(run.dir / "metrics.json", run.metrics)
     if run._core.tracking is not None:
         run._core.tracking.end()
@@ -357,8 +364,12 @@ class _status:
 
 
 def _evaluate(run: Run, stage: str) -> None:
+    before = dict(run._core.reuse)
     with _status(run, f"evaluating the {'base' if stage == 'base' else 'trained'} model"):
         results = run.recipe.plugins.hook.evaluate(run=run, stage=stage)
+    counts = {k: run._core.reuse[k] - before[k] for k in before}
+    if any(counts.values()):  # answers to held-out prompts: generated once per prompt, reused by whoever asks again
+        run.metrics.setdefault("generation", {})[stage] = counts
     merged: dict[str, Any] = {}
     for result in reversed(results):  # core results first, methods' after
         merged.update(result or {})
@@ -366,9 +377,49 @@ def _evaluate(run: Run, stage: str) -> None:
     _artifacts.write_json(run.dir / "metrics.json", run.metrics)
 
 
+def log_scalars_into(trainer: Any, run: Run) -> None:
+    """Route :meth:`Run.log_scalars` into the trainer's log entries while it trains: wraps ``trainer.log`` so
+    the values join the entry before it reaches ``log_history`` and the trackers' callbacks; keys a callback
+    adds to ``logs`` in ``on_log`` are copied into the entry too (only ``log_scalars`` reaches trackers)."""
+    original = getattr(trainer, "log", None)
+    if original is None:
+        return
+
+    def log_entry(logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
+        if run._core.pending_scalars:
+            logs = {**logs, **run._core.pending_scalars}
+            run._core.pending_scalars.clear()
+        history = getattr(getattr(trainer, "state", None), "log_history", None)
+        count = len(history) if history is not None else 0
+        result = original(logs, *args, **kwargs)
+        if history is not None and len(history) == count + 1:
+            history[-1].update({k: v for k, v in logs.items() if k not in history[-1]})
+        return result
+
+    trainer.log = log_entry
+    run._core.training_now = True
+
+
+def _end_scalars(run: Run, trainer: Any) -> None:
+    """Training ended: scalars logged after the last entry get one of their own."""
+    run._core.training_now = False
+    if run._core.pending_scalars and hasattr(trainer, "state"):
+        trainer.state.log_history.append({**run._core.pending_scalars, "step": trainer.state.global_step})
+        if run._core.tracking is not None:
+            run._core.tracking.log(dict(run._core.pending_scalars), trainer.state.global_step)
+        run._core.pending_scalars.clear()
+
+
 def _train(run: Run) -> None:
     from ptrain._distributed import lost_peer, peer_lost_message, use_fsdp_on_cpu
-    from ptrain._training import all_ranks_saved_callback, interrupt_callback, progress_callback, world_size
+    from ptrain._training import (
+        all_ranks_saved_callback,
+        all_ranks_total,
+        count_tokens,
+        interrupt_callback,
+        progress_callback,
+        world_size,
+    )
 
     trainer = run.trainer
     stopper = None
@@ -382,6 +433,8 @@ def _train(run: Run) -> None:
         trainer.add_callback(stopper)
         trainer.add_callback(all_ranks_saved_callback())
     sharded = world_size() > 1 and use_fsdp_on_cpu(trainer)
+    counted = count_tokens(trainer)
+    log_scalars_into(trainer, run)
     checkpoint = _latest_checkpoint(run.dir / "checkpoints") if run.resume else None
     if run.resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run.dir / "checkpoints")
@@ -409,6 +462,7 @@ def _train(run: Run) -> None:
             stopper.stopped_by = stopper.stopped_by or "lost process"
     finally:
         gc.unfreeze()
+        _end_scalars(run, trainer)
         if stopper is not None and lost is None:
             stopper.on_train_end(None, None, None)
     if lost is not None:
@@ -426,7 +480,7 @@ def _train(run: Run) -> None:
             "continue with `ptrain run RECIPE --resume`"
         )
     losses = [e["loss"] for e in state.log_history if "loss" in e]
-    tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+    tokens = all_ranks_total(counted[0], trainer) or getattr(state, "num_input_tokens_seen", 0) or 0
     run.metrics["train"] = {
         "steps": state.global_step,
         "train_loss": round(result.training_loss, 6) if result is not None else None,

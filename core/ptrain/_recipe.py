@@ -47,7 +47,8 @@ class Recipe:
 
     What ``validate_recipe`` hooks read: ``methods``, ``section(name)`` (and the core sections as
     ``model``, ``data``, ``train``, ``eval``, ``output``, ``distributed``), ``trainer_owner``,
-    ``data_fields``, ``data_format``, ``reward_functions`` and ``reward_function(name, key)``.
+    ``traits(method)`` and ``methods_with(trait)``, ``data_fields``, ``data_format``,
+    ``data_options(name)``, ``reward_functions`` and ``reward_function(name, key)``.
     """
 
     name: str
@@ -70,6 +71,19 @@ class Recipe:
     """Every installed plugin (the core's, for hints naming a plugin the recipe does not list)."""
     source_of: Callable[[str], str] = field(default=lambda key: "recipe", repr=False, compare=False)
     """Dotted key -> the file (or ``--set``) that set it."""
+    method_traits: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
+    """Method -> its traits (the ``method_traits`` hook, plus ``owns_trainer``); read with :meth:`traits`."""
+
+    def traits(self, method: str) -> frozenset[str]:
+        """What ``method`` (one of ``methods``) declared it is (``ptrain.TRAITS``), plus ``owns_trainer`` if it builds the trainer."""
+        if method not in self.method_traits:
+            raise KeyError(f"{method!r} is not in this recipe's methods ({', '.join(self.methods)})")
+        return self.method_traits[method]
+
+    def methods_with(self, trait: str) -> list[str]:
+        """The recipe's methods that have ``trait`` (``"adds_adapters"``, ``"quantizes_base"``…), in recipe order:
+        ask what another method is, never list its name."""
+        return [m for m in self.methods if trait in self.method_traits.get(m, frozenset())]
 
     def section(self, name: str) -> Any:
         """The validated object of section ``name`` (a KeyError names the sections there are)."""
@@ -113,6 +127,17 @@ class Recipe:
         """The name of the training data's format, or None when only loading can tell."""
         return self.data_plan.format_name if self.data_plan is not None else None
 
+    def data_options(self, name: str) -> Any:
+        """The validated ``[data.<name>]`` options of data source or format ``name`` (its defaults when the recipe
+        has no such table); a KeyError when no source or format of this recipe declares options by that name."""
+        schemas = self.catalog.option_schemas()
+        if name not in schemas:
+            raise KeyError(f"no data source or format of this recipe declares options named {name!r} ({', '.join(schemas) or 'none'})")
+        if name not in self.catalog.options:
+            item = next(i for _, i in [*self.catalog.sources, *self.catalog.formats.values()] if i.name == name and i.options)
+            self.catalog.settings(item)
+        return self.catalog.options[name]
+
     @property
     def reward_functions(self) -> dict[str, RewardFunction]:
         """Every reward function this recipe can name: the core's built-ins and those of the plugins in ``methods``."""
@@ -139,6 +164,8 @@ class Recipe:
         table["seed"] = self.seed
         for name, value in self.sections.items():
             table[name] = _schema.to_table(value)
+        for name, value in (self.catalog.options if self.catalog is not None else {}).items():
+            table["data"][name] = _schema.to_table(value)
         return table
 
     def to_toml(self) -> str:
@@ -354,6 +381,17 @@ def validate_table(
             source=source(key),
             key=key,
         )
+    catalog = _data.Catalog()
+    try:
+        for plugin, items in plugins.collect_by_plugin("data_formats").items():
+            catalog.add_formats(plugin, items)
+        for plugin, items in plugins.collect_by_plugin("data_sources").items():
+            catalog.add_sources(plugin, items)
+        if isinstance(table.get("data"), Mapping):  # [data.<name>] tables: a source's or format's own options
+            table = {**table, "data": catalog.take_options(dict(table["data"]), source)}
+    except RecipeError as err:
+        raise _with_source(err, source) from None
+    catalog.unlisted_readers = lambda location: registry.source_readers(location, exclude=methods)
     for section_name, section_schema in {**CORE_SECTIONS, **{s: owners[s][1] for s in owners}}.items():
         value = table.get(section_name, {})
         if not isinstance(value, Mapping):
@@ -382,12 +420,7 @@ def validate_table(
     _check_name(name, source, derived=not table.get("name"))
     _check_output(sections["output"], source)
 
-    catalog = _data.Catalog()
     try:
-        for plugin, items in plugins.collect_by_plugin("data_formats").items():
-            catalog.add_formats(plugin, items)
-        for plugin, items in plugins.collect_by_plugin("data_sources").items():
-            catalog.add_sources(plugin, items)
         data_plan = _data.plan(sections["data"], catalog, seed, read_local=check_data)
         rewards = _rewards.collect(plugins.collect_by_plugin("reward_functions"))
     except RecipeError as err:
@@ -409,12 +442,37 @@ def validate_table(
         rewards=rewards,
         registry=registry,
         source_of=source,
+        method_traits=_traits(plugins, trainers, source),
     )
     try:
         plugins.hook.validate_recipe(recipe=recipe)
     except RecipeError as err:
         raise _with_source(err, source) from None
     return recipe
+
+
+def _traits(plugins: Any, trainers: list[str], source: Callable[[str], str]) -> dict[str, frozenset[str]]:
+    """Method -> the traits it declares (``method_traits``), plus ``owns_trainer`` for the trainer owner."""
+    traits: dict[str, frozenset[str]] = {}
+    for method in plugins.methods:
+        declared = plugins.declared(method, "method_traits")
+        for trait in declared:
+            if not isinstance(trait, str) or not TRAIT_NAME.match(trait):
+                raise RecipeError(
+                    f"plugin {method!r} declares trait {_schema.show(trait)}; a trait is lower-case words joined by '_' "
+                    "(e.g. 'adds_adapters'); fix its method_traits",
+                    source=source("methods"), key="methods",
+                )
+            if trait == "owns_trainer":
+                raise RecipeError(
+                    f"plugin {method!r} declares trait 'owns_trainer', which the core sets for the method that builds the "
+                    "trainer; remove it from its method_traits", source=source("methods"), key="methods",
+                )
+        traits[method] = frozenset(declared) | ({"owns_trainer"} if method in trainers else set())
+    return traits
+
+
+TRAIT_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*\Z")
 
 
 def _data_hint(err: DataError, section: DataSection, catalog: Any, registry: Any) -> DataError:

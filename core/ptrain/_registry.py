@@ -25,7 +25,7 @@ from ptrain._schema import suggest
 GROUP = "ptrain"
 DISABLE_ENV = "PTRAIN_DISABLE_PLUGINS"
 CORE_NAME = "core"
-DECLARING = ("recipe_sections", "data_formats", "data_sources", "reward_functions", "report_rows")
+DECLARING = ("recipe_sections", "method_traits", "data_formats", "data_sources", "reward_functions", "report_rows")
 """Hooks that declare things (called on each plugin on its own, results kept per plugin)."""
 MODIFYING = ("load_model", "prepare_data", "training_setup", "evaluate", "export", "validate_recipe")
 
@@ -42,13 +42,14 @@ class PluginInfo:
     """``ok``, ``failed``, ``disabled`` or ``not loaded``."""
     hooks: list[str] = field(default_factory=list)
     kind: str = ""
-    """``trainer``, ``modifier``, ``data``, ``reward`` (comma-joined when several)."""
+    """``trainer``, ``modifier``, ``data``, ``reward``, ``evaluator`` (comma-joined when several)."""
     description: str = ""
     error: str = ""
     sections: dict[str, type] = field(default_factory=dict)
     formats: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     rewards: list[str] = field(default_factory=list)
+    traits: list[str] = field(default_factory=list)
     traceback: str = ""
 
     def as_json(self) -> dict[str, Any]:
@@ -64,9 +65,26 @@ class PluginInfo:
             "formats": self.formats,
             "sources": self.sources,
             "rewards": self.rewards,
+            "traits": self.traits,
             "module": self.target,
             "error": self.error,
         }
+
+
+def hashable_plugin(name: str, obj: Any) -> Any:
+    """``obj`` itself, or for an object pluggy cannot register (pluggy keys plugins by hash: a
+    ``SimpleNamespace``, a dataclass instance) a module holding the same attributes."""
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        import types
+
+        module = types.ModuleType(f"ptrain_plugin_{name}", getattr(obj, "__doc__", None))
+        for attr in dir(obj):
+            if not attr.startswith("__"):
+                setattr(module, attr, getattr(obj, attr))
+        return module
 
 
 def disabled_names() -> set[str]:
@@ -152,7 +170,7 @@ class PluginRegistry:
             raise PluginLoadError(f"plugin {name!r} cannot be used: {info.error}")
         try:
             if name in self._extra and not isinstance(self._extra[name], str):
-                obj = self._extra[name]
+                obj = hashable_plugin(name, self._extra[name])
             else:
                 module_name, _, attr = info.target.partition(":")
                 obj = importlib.import_module(module_name)
@@ -217,6 +235,7 @@ class PluginRegistry:
                 info.formats = [f.name for f in methods.declared(name, "data_formats")]
                 info.sources = [s.name for s in methods.declared(name, "data_sources")]
                 info.rewards = [r.name for r in methods.declared(name, "reward_functions")]
+                info.traits = sorted(set(methods.declared(name, "method_traits")))
             except Exception as err:  # reported in the listing, never raised
                 if info.status != "failed":
                     info.status = "failed"
@@ -252,6 +271,19 @@ class PluginRegistry:
                 if any(getattr(item, "name", None) == wanted for item in self.load([name]).declared(name, hook)):
                     found.append(name)
             except Exception:  # a broken plugin provides nothing
+                continue
+        return found
+
+    def source_readers(self, location: str, exclude: list[str]) -> list[str]:
+        """Installed plugins (not in ``exclude``, not broken) with a data source whose ``matches`` accepts ``location``."""
+        found = []
+        for name in self.names():
+            if name in exclude or self._entries[name].status in ("disabled", "failed"):
+                continue
+            try:
+                if any(source.matches(location) for source in self.load([name]).declared(name, "data_sources")):
+                    found.append(name)
+            except Exception:  # a broken plugin reads nothing
                 continue
         return found
 
@@ -340,6 +372,9 @@ class MethodSet:
             kinds.append("data")
         if "reward_functions" in hooks:
             kinds.append("reward")
+        changes = hooks & (set(MODIFYING) - {"evaluate", "validate_recipe"}) or name in self.trainer_modifiers()
+        if not kinds and "evaluate" in hooks and not changes:
+            kinds.append("evaluator")  # measures the model, changes nothing another method does
         if not kinds and (hooks & set(MODIFYING) or name in self.trainer_modifiers()):
             kinds.append("modifier")
         return ", ".join(kinds) or "modifier"

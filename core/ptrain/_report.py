@@ -352,6 +352,22 @@ def compare(run_dirs: list[str], output: str | Path | None = None) -> tuple[list
     return header, lines, md, png
 
 
+def stage_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The end-of-run results table: ``(label, base, final)`` per declared row under ``final.`` (the
+    ``report_rows`` of the core and the run's methods, with their labels), base from ``base.`` when
+    measured. Metrics no row declares stay in ``metrics.json`` only."""
+    run = RunSummary("run", Path("."), metrics, {})
+    lines = []
+    for row in report_rows([run]):
+        if not row.key.startswith("final."):
+            continue
+        base_row = replace(row, key="base." + row.key.removeprefix("final."))
+        final, base = show(run.get(row.key), row), show(run.get(base_row.key), row)
+        if final or base:
+            lines.append((row.label, base, final))
+    return lines
+
+
 def run_summary(label: str, directory: Path, metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
     """The end-of-run comparison of a finished run: its column and the models it recorded, with the
     rows the base/final table does not already show; None when there is nothing more to show."""

@@ -121,6 +121,24 @@ class Tracking:
             )
             log.info("wandb: run %s (%s) in %s", self.wandb.id, os.environ.get("WANDB_MODE", "online"), self.wandb.dir)
 
+    def log(self, values: dict[str, float], step: int) -> None:
+        """Scalars a hook logged outside the trainer's own log entries (``Run.log_scalars``)."""
+        if self.mlflow is not None:
+            import mlflow
+
+            mlflow.log_metrics({key.replace("@", "_"): value for key, value in values.items()}, step=step)
+        if self.wandb is not None:
+            self.wandb.log(dict(values))
+        if "tensorboard" in self.reporters:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(self.run.dir / "logs"))
+            try:
+                for key, value in values.items():
+                    writer.add_scalar(key, value, step)
+            finally:
+                writer.close()
+
     def end(self, failed: bool = False) -> None:
         from ptrain._redact import redact
 

@@ -91,7 +91,36 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
     """``cls`` (``TrainingArguments`` or a TRL config such as ``SFTConfig``) filled from ``[train]``.
 
     Every method that builds a trainer should use this, so that the same recipe keys mean the
-    same thing whatever the method; ``overrides`` sets the method's own fields.
+    same thing whatever the method; ``overrides`` sets the method's own fields (and win over
+    everything below, except a conflict with another method's ``training_setup``, an error).
+    Fields ``cls`` does not have are left out. What it sets, field by field:
+
+    ===============================  ==============================================================
+    from the recipe                  ``max_steps`` ← train.max_steps; ``num_train_epochs`` ← train.epochs;
+                                     ``per_device_train_batch_size`` ← train.batch_size;
+                                     ``per_device_eval_batch_size`` ← eval.batch_size;
+                                     ``gradient_accumulation_steps``, ``learning_rate``, ``weight_decay``,
+                                     ``max_grad_norm``, ``gradient_checkpointing`` (and
+                                     ``activation_checkpointing`` where the class has it), ``logging_steps``,
+                                     ``save_total_limit``, ``optim`` ← the train keys of the same names;
+                                     ``lr_scheduler_type`` ← train.lr_scheduler; ``warmup_steps`` ←
+                                     train.warmup_ratio (a fraction below 1 is a ratio);
+                                     ``eval_strategy``/``eval_steps`` ← train.eval_steps (0: "no");
+                                     ``save_strategy``/``save_steps`` ← train.save_steps (0: "no");
+                                     ``report_to`` ← train.report_to ("none" when empty);
+                                     ``seed`` and ``data_seed`` ← seed; ``bf16``/``fp16`` ← train.precision
+                                     (auto: bf16 on a GPU that has it, fp16 on an older GPU, fp32 on CPU)
+    from the run                     ``output_dir`` = RUN/checkpoints, ``logging_dir`` = RUN/logs
+    always                           ``disable_tqdm`` = True (the core draws progress),
+                                     ``dataloader_num_workers`` = 0, ``use_cpu`` = no CUDA GPU
+    with several processes           ``ddp_backend``, ``ddp_find_unused_parameters``, ``ddp_timeout``, and
+                                     FSDP or DeepSpeed fields ← [distributed]
+    other methods                    every ``TrainingSetup.arguments`` of the recipe's ``training_setup``
+    ===============================  ==============================================================
+
+    It does not turn on the trainer's own token counting (``include_num_input_tokens_seen``): the
+    core counts the tokens of every batch ``training_step`` receives, for ``train.tokens_per_s``, with
+    any trainer.
     """
     import torch
     from transformers import TrainingArguments
@@ -126,7 +155,6 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         "optim": train.optim,
         "use_cpu": not torch.cuda.is_available(),
         "dataloader_num_workers": 0,
-        "include_num_input_tokens_seen": "non_padding",  # tokens/s counts real tokens: padded and packed batches compare
         **precision_flags(train.precision),
         **distributed_arguments(run),
     }
@@ -160,6 +188,59 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         )
     kwargs.update(overrides)
     return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def batch_tokens(inputs: Any) -> int:
+    """Real (not padding) tokens in one batch a trainer's ``training_step`` receives, whatever its layout:
+    ``attention_mask`` (causal LM), else every ``*attention_mask`` (preference pairs: prompt, chosen,
+    rejected), else ``input_ids`` (padding-free packing), else every ``*_mask`` (GRPO's prompt and
+    completion masks); 0 when the batch is not a mapping of tensors."""
+    if not hasattr(inputs, "keys"):
+        return 0
+
+    def total(keys: list[str], count: Any) -> int:
+        return int(sum(count(inputs[k]) for k in keys if hasattr(inputs[k], "sum") and getattr(inputs[k], "dim", lambda: 0)() == 2))
+
+    keys = list(inputs.keys())
+    for chosen, count in (
+        (["attention_mask"] if "attention_mask" in inputs else [], lambda t: t.sum().item()),
+        ([k for k in keys if k.endswith("attention_mask")], lambda t: t.sum().item()),
+        (["input_ids"] if "input_ids" in inputs else [], lambda t: t.numel()),
+        ([k for k in keys if k.endswith("_mask")], lambda t: t.sum().item()),
+    ):
+        if chosen:
+            return total(chosen, count)
+    return 0
+
+
+def count_tokens(trainer: Any) -> list[int]:
+    """Count the tokens of every batch ``trainer`` trains on (a one-item list the count lands in), by wrapping
+    its ``training_step``: tokens/s for any trainer, without asking it to count (which transformers does
+    only for batches with ``input_ids``, warning at every step otherwise)."""
+    counter = [0]
+    step = getattr(trainer, "training_step", None)
+    if step is None:
+        return counter
+
+    def counted(model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        counter[0] += batch_tokens(inputs)
+        return step(model, inputs, *args, **kwargs)
+
+    trainer.training_step = counted
+    return counter
+
+
+def all_ranks_total(count: int, trainer: Any) -> int:
+    """``count`` summed over the processes of a distributed run (itself in a single process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return count
+    device = getattr(getattr(trainer, "args", None), "device", None) or "cpu"
+    tensor = torch.tensor([count], dtype=torch.long, device=device)
+    dist.all_reduce(tensor)
+    return int(tensor.item())
 
 
 def contributed_arguments(run: Run) -> dict[str, Any]:

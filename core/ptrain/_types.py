@@ -60,6 +60,10 @@ class DataFormat:
     description: str = ""
     template: tuple[str, str] | None = None
     """Default prompt templates (with ``{input}``, without) for its rows; None: ``{instruction}\\n{input}``."""
+    options: type | None = None
+    """A dataclass of this format's own settings, read from the recipe's ``[data.<name>]`` table and
+    validated like a section (unknown keys, types, ``validate()``). With options, ``normalize`` is
+    called as ``normalize(row, where, options)`` with the validated object."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class DataRequest:
     seed: int
     options: Any
     """The whole validated ``[data]`` section (generator options, sizes)."""
+    settings: Any = None
+    """The source's own validated options (an instance of :attr:`DataSource.options`, from the
+    recipe's ``[data.<source name>]`` table), or None when the source declares none."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,10 @@ class DataSource:
     matches: Callable[[str], bool]
     read: Callable[[DataRequest], list[tuple[str, dict[str, Any]]]]
     local: bool = False
-    """Cheap to read here: ``ptrain validate`` reads and checks every row before anything heavy."""
+    """Cheap to read on this machine, without the network or a model: ``ptrain validate`` (and the
+    testing kit's ``validate``) then calls ``read`` and normalises every row before anything heavy is
+    imported, so a bad row fails validation by its place. False (hub datasets, a remote database):
+    rows are first read at run time, after the model loads."""
     format: str | None = None
     """The format every row of this source has; None: ``data.format`` or detection decides."""
     serves_eval: bool = False
@@ -105,6 +115,13 @@ class DataSource:
     memory: used when the recipe sets ``data.streaming = true`` (the trainer then reads rows as it
     trains, and ``ptrain validate`` checks only the first ones). None: ``read`` is used even then,
     and the whole source is held in memory."""
+    options: type | None = None
+    """A dataclass of this source's own settings (a table name, a query), read from the recipe's
+    ``[data.<name>]`` table (so ``name`` must be a plain TOML key: letters, digits, ``_``, ``-``) and
+    validated like a recipe section before anything heavy: unknown keys, wrong types and a failing
+    ``validate()`` name ``data.<name>.<key>``. ``read`` and ``stream`` get the object as
+    ``request.settings``; without the table the defaults apply (a required field is then an error
+    only when the recipe reads from this source)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,38 @@ class ReportRow:
     """``count``: large integers shortened (``135M``)."""
     digits: int = 4
     each: bool = False
+
+
+TRAITS: dict[str, str] = {
+    "owns_trainer": "builds the run's trainer (set by the core for the recipe's trainer owner; never declared)",
+    "adds_adapters": "puts a peft adapter (or soft prompt) on the model; a recipe trains one adapter",
+    "quantizes_base": "loads the base model quantized (its weights are not plain tensors to train or merge into)",
+    "needs_pairs": "trains on preference pairs: rows with chosen and rejected",
+    "prompt_learning": "adds virtual tokens before each sequence (packed sequences would mix examples)",
+    "evaluates": "only measures the model (an evaluator): adds metrics, trains nothing",
+}
+"""The traits ptrain's own methods declare (``method_traits``) and what each means. A plugin may
+declare others of its own (lower-case words joined by ``_``); :meth:`ptrain.Recipe.methods_with`
+answers for any of them."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out prompts the core generates answers for at each stage, and those answers.
+
+    ``run.held_out`` gives it during a run: ``rows`` are the first ``[eval] max_samples`` rows of
+    ``run.eval_dataset`` (normalised fields plus ``prompt`` and ``completion``), ``prompts`` their
+    rendered prompts, ``max_new_tokens`` the ``[eval]`` length the core generates at, and
+    ``answers`` the core's answers by stage (``"base"``, ``"final"``), filled as the core's
+    ``evaluate`` runs (the core runs after the methods: read them in ``export``, or call
+    ``run.generate(held_out.prompts, held_out.max_new_tokens)``, which generates once per prompt and
+    stage whoever asks first, and reuses the answers after).
+    """
+
+    rows: list[dict[str, Any]]
+    prompts: list[str]
+    max_new_tokens: int
+    answers: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,12 +13,17 @@ Kinds of plugin, by the hooks they implement (``ptrain list`` shows the kind):
 * a **modifier** changes what others do: ``load_model``/``prepare_data``/``build_trainer``
   wrappers, ``training_setup``, ``evaluate``, ``export``;
 * a **data** plugin adds ``data_formats`` or ``data_sources``; a **reward** plugin adds
-  ``reward_functions``.
+  ``reward_functions``;
+* an **evaluator** implements ``evaluate`` (with its section, checks and report rows) and nothing
+  that changes the model, the data or the trainer: it measures, it trains nothing.
+
+Any kind may declare ``method_traits`` (what it is, for other methods to ask at validation).
 
 When hooks fire::
 
     ptrain validate / ptrain run      (nothing heavy imported)
-      recipe_sections, data_formats, data_sources, reward_functions   -> the recipe is checked
+      recipe_sections, method_traits, data_formats, data_sources,
+      reward_functions                                                 -> the recipe is checked
       validate_recipe(recipe)                                          -> whole-recipe checks
       (local data files are read and every row normalised: errors name file and line)
     ptrain run
@@ -76,12 +81,34 @@ def recipe_sections() -> dict[str, type]:
 
 
 @hookspec
+def method_traits() -> list[str]:
+    """What this method is, so that other methods ask instead of listing its name.
+
+    :return: trait names, lower-case words joined by ``_``: the ones ptrain's methods use are in
+        :data:`ptrain.TRAITS` (``"adds_adapters"``, ``"quantizes_base"``, ``"needs_pairs"``,
+        ``"prompt_learning"``, ``"evaluates"``); a plugin may add its own. ``"owns_trainer"`` is set by
+        the core for the method that builds the trainer and is never declared.
+
+    At validation, ``recipe.methods_with("adds_adapters")`` lists the recipe's methods with a trait
+    (recipe order) and ``recipe.traits(method)`` one method's traits: e.g. a modifier that freezes
+    layers refuses ``recipe.methods_with("adds_adapters")`` without naming ``lora``.
+
+    Result rule: all results are collected per plugin; a trait that is not lower-case words joined by
+    ``_`` is a recipe error naming the plugin. Runs before anything heavy is imported.
+    """
+
+
+@hookspec
 def validate_recipe(recipe: Recipe) -> None:
     """Check the whole recipe: what one section's ``validate`` cannot see.
 
     :param recipe: the validated :class:`ptrain.Recipe`: ``recipe.methods``, ``recipe.section(name)``,
-        ``recipe.trainer_owner`` (the method that builds the trainer, or None), ``recipe.data_fields``
-        (the normalised fields every data row will have, or None when only loading can tell).
+        ``recipe.trainer_owner`` (the method that builds the trainer, or None), ``recipe.traits(method)``
+        and ``recipe.methods_with(trait)`` (see ``method_traits``), ``recipe.data_fields`` (the
+        normalised fields every data row will have, or None when only loading can tell; per format in
+        CONTRIBUTING.md), ``recipe.data_options(name)`` (a source's or format's validated options).
+        Facts about the model without loading it are not here yet: the planned model-facts service
+        (config only) is where a check of layer counts or sizes belongs.
     :raise RecipeError: with ``key=`` the recipe key at fault (``"methods"``, ``"data.source"``);
         the core adds the file that set it. ``ptrain validate`` exits 2 with that one line.
 
@@ -96,6 +123,8 @@ def data_formats() -> list[DataFormat]:
 
     :return: :class:`ptrain.DataFormat` objects. The core registers its own the same way:
         ``prompt_completion``, ``alpaca``, ``dolly``, ``messages``, ``preference``, ``unpaired``, ``text``.
+        A format with ``options`` (a dataclass) reads its settings from the recipe's ``[data.<name>]``
+        table, validated like a section; ``normalize`` then gets them as a third argument.
 
     Result rule: all results are collected; a name registered twice is an error.
     """
@@ -109,10 +138,15 @@ def data_sources() -> list[DataSource]:
         ``.parquet`` files, ``builtin:tasks``, ``builtin:preferences``, and hub datasets. A source
         that can read rows one at a time gives ``stream`` as well as ``read``: with
         ``data.streaming = true`` the trainer then reads its rows as it trains (without ``stream``,
-        ``read`` is used and the rows are held in memory).
+        ``read`` is used and the rows are held in memory). A source with ``options`` (a dataclass)
+        reads its settings from the recipe's ``[data.<name>]`` table, validated like a section before
+        anything heavy; ``read`` gets them as ``request.settings``. ``local=True``: cheap to read here,
+        so validation reads and checks every row.
 
     Result rule: all results are collected; the first source (recipe order, the core's last) whose
     ``matches`` accepts the value reads it (``data.source``, or each ``[[data.sources]]`` entry of a mixture).
+    A value that only an installed plugin not in ``methods`` reads (``sqlite:rows.db``) is a recipe
+    error naming that plugin, not a hub dataset ID.
     """
 
 
@@ -132,7 +166,9 @@ def reward_functions() -> list[RewardFunction]:
 def report_rows() -> list[ReportRow]:
     """Rows this plugin wants in the end-of-run table and in ``ptrain compare``.
 
-    :return: :class:`ptrain.ReportRow` objects, each a dotted path into ``metrics.json``.
+    :return: :class:`ptrain.ReportRow` objects, each a dotted path into ``metrics.json`` with its label.
+        The end-of-run table is built from these rows alone, by label (base beside final); a metric no
+        row declares stays in ``metrics.json`` only.
 
     Result rule: all results are collected, the core's rows first, then the methods' in recipe
     order. A finished run saves them in ``metrics.json`` (``report``), so ``compare`` shows them
@@ -182,7 +218,8 @@ def training_setup(run: Run) -> TrainingSetup | None:
     :param run: the current run, with model and datasets.
     :return: a :class:`ptrain.TrainingSetup`: ``arguments`` (``TrainingArguments`` fields, applied
         by :func:`ptrain.training_arguments` for the owner) and ``callbacks`` (added by the core to
-        the built trainer), or None.
+        the built trainer), or None. A callback that wants its numbers in ``log_history.json``, the
+        report's curves and the trackers calls ``run.log_scalars({...})``.
 
     Result rule: all results are collected in recipe order; two methods setting one argument to
     different values is an error. A recipe with a plugin implementing this hook and no trainer
@@ -215,6 +252,11 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
     :param stage: ``"base"`` (before training) or ``"final"`` (after training).
     :return: a flat mapping of metric name to a JSON-serialisable value, or None. Report other
         models the method measured (a teacher, a quantized variant) with :meth:`ptrain.Run.record_model`.
+        To score the core's held-out prompts, read ``run.held_out`` (:class:`ptrain.HeldOut`) and call
+        ``run.generate(held.prompts, held.max_new_tokens)``: each prompt is generated once per stage,
+        whoever asks first, and reused after (counts in ``metrics.json`` under ``generation``). Declare
+        the metrics the table should show with ``report_rows``; log values over time with
+        :meth:`ptrain.Run.log_scalars` (from any hook or training callback).
 
     Result rule: all results are collected and merged into ``metrics.json`` under the stage
     (the core's first, the methods' after).

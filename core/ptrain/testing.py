@@ -22,6 +22,7 @@ Importing this module imports no heavy library.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,9 +30,33 @@ from typing import Any
 
 import pytest
 
-from ptrain._recipe import Recipe, load_recipe, load_recipe_dict
-from ptrain._registry import PluginRegistry
-from ptrain._run import Run
+
+def _unshadow() -> None:
+    """A directory named ``ptrain`` without ``__init__.py`` (a checkout of ptrain itself, run from its parent)
+    is a namespace package that Python prefers over an editable install's finder: ``from ptrain import
+    RecipeError`` then fails with "unknown location". This module is still found (the finder maps
+    submodules), so it puts the real package back and says so once."""
+    found = sys.modules.get("ptrain")
+    if found is None or getattr(found, "__file__", None):
+        return
+    import importlib.util
+    import warnings
+
+    real = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location("ptrain", real / "__init__.py", submodule_search_locations=[str(real)])
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["ptrain"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    shadow = ", ".join(str(p) for p in getattr(found, "__path__", []))
+    warnings.warn(f"ptrain: directory {shadow} (no __init__.py) shadows the installed package; using {real}. "
+                  "Run pytest from inside that directory, or rename it, to silence this", stacklevel=1)
+
+
+_unshadow()
+
+from ptrain._recipe import Recipe, load_recipe, load_recipe_dict  # noqa: E402  (after _unshadow)
+from ptrain._registry import PluginRegistry  # noqa: E402
+from ptrain._run import Run  # noqa: E402
 
 __all__ = ["tiny_recipe", "registry", "validate", "execute", "ptrain_recipe", "ptrain_validate", "ptrain_run", "ptrain_cli"]
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}

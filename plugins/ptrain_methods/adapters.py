@@ -5,7 +5,7 @@ each a plugin module of their own (a section, a peft config built from it, a par
 documentation) whose hooks come from one ``AdapterMethod``::
 
     METHOD = AdapterMethod("ia3", IA3Section, ia3_config, prompt_learning=False)
-    recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+    recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
 
 The hooks: the section; the whole-recipe checks (a trainer to train the adapter, one adapter
 method per recipe, what prompt learning cannot do); a ``load_model`` wrapper that puts the
@@ -48,9 +48,6 @@ ADAPTER_WEIGHTS = ReportRow("adapter weights (MiB)", "final.adapter_weights_mb")
 """``adapter/``'s weights file alone: its size without the tokenizer files saved beside it (about 3 MiB for SmolLM2)."""
 ADAPTER_NAME = "default"
 """The name ``get_peft_model`` gives the adapter (and under which ``adapter/`` holds it at its root)."""
-
-_METHODS: dict[str, AdapterMethod] = {}
-"""Every adapter method imported in this process, by name: a recipe naming two is rejected."""
 
 
 # ------------------------------------------------------------------ sections
@@ -271,11 +268,10 @@ class AdapterMethod:
         self.name, self.section, self.config = name, section, config
         self.prompt_learning, self.rows, self.prepare, self.check = prompt_learning, [ADAPTER_SIZE, ADAPTER_WEIGHTS, *rows], prepare, check
         self.rewrites_base = rewrites_base
-        _METHODS[name] = self
 
     def hooks(self) -> tuple[Callable[..., Any], ...]:
-        """``recipe_sections, validate_recipe, report_rows, load_model, evaluate, export``, for the method's module."""
-        return self.recipe_sections, self.validate_recipe, self.report_rows, self.load_model, self.evaluate, self.export
+        """``recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export``, for the method's module."""
+        return self.recipe_sections, self.method_traits, self.validate_recipe, self.report_rows, self.load_model, self.evaluate, self.export
 
     def merges(self, section: Any) -> bool:
         return not self.prompt_learning and bool(getattr(section, "merge", False))
@@ -285,6 +281,10 @@ class AdapterMethod:
         return {self.name: self.section}
 
     @hookimpl
+    def method_traits(self) -> list[str]:
+        return ["adds_adapters", "prompt_learning"] if self.prompt_learning else ["adds_adapters"]
+
+    @hookimpl
     def validate_recipe(self, recipe: Recipe) -> None:
         if recipe.trainer_owner is None:
             raise RecipeError(
@@ -292,7 +292,7 @@ class AdapterMethod:
                 f"add one (e.g. methods = {['sft', *recipe.methods]!r})",
                 key="methods",
             )
-        others = [m for m in recipe.methods if m in _METHODS and m != self.name]
+        others = [m for m in recipe.methods_with("adds_adapters") if m != self.name]
         if others:
             kept = [m for m in recipe.methods if m not in others]
             raise RecipeError(
@@ -300,11 +300,12 @@ class AdapterMethod:
                 f"keep one of them (e.g. methods = {kept!r})",
                 key="methods",
             )
-        if self.prompt_learning and "sft" in recipe.methods and recipe.section("sft").packing:
+        owner = recipe.trainer_owner
+        if self.prompt_learning and getattr(recipe.sections.get(owner), "packing", False):
             raise RecipeError(
                 f"{self.name} puts its virtual tokens before each sequence, and a packed sequence holds several "
-                "examples (peft ignores the position ids that would separate them); set sft.packing = false",
-                key="sft.packing",
+                f"examples (peft ignores the position ids that would separate them); set {owner}.packing = false",
+                key=f"{owner}.packing",
             )
         if self.check is not None:
             self.check(recipe)

@@ -124,10 +124,10 @@ def validate_recipe(recipe: Recipe) -> None:
             f"a multiple of it (got {recipe.eval.batch_size})",
             key="eval.batch_size",
         )
-    if section.beta > 0 and recipe.model.keep_layers is not None and "lora" not in recipe.methods:
+    if section.beta > 0 and recipe.model.keep_layers is not None and not recipe.methods_with("adds_adapters"):
         raise RecipeError(
             "beta > 0 needs the starting model as reference, which TRL reloads from the checkpoint without "
-            "model.keep_layers; use beta = 0, or methods with 'lora' (the reference is then the adapter disabled)",
+            "model.keep_layers; use beta = 0, or an adapter method such as 'lora' (the reference is then the adapter disabled)",
             key="grpo.beta",
         )
 

@@ -86,4 +86,4 @@ def ia3_config(section: IA3Section, loaded: LoadedModel, run: Run) -> Any:
 
 
 METHOD = AdapterMethod("ia3", IA3Section, ia3_config)
-recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -28,4 +28,4 @@ def loha_config(section: LoHaSection, loaded: LoadedModel, run: Run) -> Any:
 
 
 METHOD = AdapterMethod("loha", LoHaSection, loha_config)
-recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -42,4 +42,4 @@ def lokr_config(section: LoKrSection, loaded: LoadedModel, run: Run) -> Any:
 
 
 METHOD = AdapterMethod("lokr", LoKrSection, lokr_config)
-recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -71,10 +71,11 @@ def lora_config(section: LoraSection, loaded: LoadedModel, run: Run) -> Any:
 
 def check_composition(recipe: Recipe) -> None:
     init = recipe.section("lora").init
-    if init in RESIDUAL_INITS and "qlora" in recipe.methods:
+    quantized = recipe.methods_with("quantizes_base")
+    if init in RESIDUAL_INITS and quantized:
         raise RecipeError(
-            f"{init} rewrites the base weights as a residual of the adapter, and a 4-bit base (qlora) would hold a "
-            "re-quantized residual that no saved model matches; use lora.init = 'default' with qlora, or drop qlora",
+            f"{init} rewrites the base weights as a residual of the adapter, and a quantized base ({quantized[0]}) would hold a "
+            f"re-quantized residual that no saved model matches; use lora.init = 'default' with {quantized[0]}, or drop {quantized[0]}",
             key="lora.init",
         )
 
@@ -87,4 +88,4 @@ METHOD = AdapterMethod(
     check=check_composition,
     rewrites_base=lambda section: section.init in RESIDUAL_INITS,
 )
-recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -61,4 +61,4 @@ def p_tuning_config(section: PTuningSection, loaded: LoadedModel, run: Run) -> A
 
 
 METHOD = AdapterMethod("p_tuning", PTuningSection, p_tuning_config, prompt_learning=True)
-recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -95,4 +95,4 @@ def check_composition(recipe: Recipe) -> None:
 METHOD = AdapterMethod(
     "prefix_tuning", PrefixTuningSection, prefix_tuning_config, prompt_learning=True, prepare=text_init, check=check_composition
 )
-recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -59,4 +59,4 @@ def text_init(peft_model: Any, section: PromptTuningSection, loaded: LoadedModel
 
 
 METHOD = AdapterMethod("prompt_tuning", PromptTuningSection, prompt_tuning_config, prompt_learning=True, prepare=text_init)
-recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ptrain import Recipe, RecipeError, ReportRow, Run, hookimpl, release_checkpoint_file, resolve_dtype
 
 ADAPTER_METHOD = "lora"
+"""The adapter method suggested when a recipe has none (any method with trait ``adds_adapters`` will do)."""
 
 
 @dataclass
@@ -42,13 +43,19 @@ def recipe_sections() -> dict[str, type]:
 
 
 @hookimpl
+def method_traits() -> list[str]:
+    return ["quantizes_base"]
+
+
+@hookimpl
 def validate_recipe(recipe: Recipe) -> None:
     methods = recipe.methods
-    if ADAPTER_METHOD not in methods or methods.index(ADAPTER_METHOD) > methods.index("qlora"):
+    adapters = [m for m in recipe.methods_with("adds_adapters") if methods.index(m) < methods.index("qlora")]
+    if not adapters:
         fixed = [m for m in methods if m not in ("qlora", ADAPTER_METHOD)] + [ADAPTER_METHOD, "qlora"]
         raise RecipeError(
-            f"qlora only quantizes the base; the adapters that train come from {ADAPTER_METHOD!r}, which must be "
-            f"listed before 'qlora' (got {methods}); use methods = {fixed}",
+            f"qlora only quantizes the base; the adapters that train come from {ADAPTER_METHOD!r} (or another method that "
+            f"adds adapters), which must be listed before 'qlora' (got {methods}); use methods = {fixed}",
             key="methods",
         )
     if recipe.distributed.backend == "fsdp":

@@ -48,6 +48,11 @@ def recipe_sections() -> dict[str, type]:
 
 
 @hookimpl
+def method_traits() -> list[str]:
+    return ["needs_pairs"]
+
+
+@hookimpl
 def validate_recipe(recipe: Recipe) -> None:
     require_pairs(recipe, "reward", "learns from")
 

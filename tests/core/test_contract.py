@@ -217,7 +217,7 @@ def test_a_third_party_methods_rows_reach_the_table_and_compare(tmp_path):
         "from dataclasses import dataclass\nfrom ptrain import ReportRow, hookimpl\n"
         "@dataclass\nclass Shout:\n    volume: int = 3\n"
         "@hookimpl\ndef recipe_sections():\n    return {'shout': Shout}\n"
-        "@hookimpl\ndef evaluate(run, stage):\n    return {'shout_score': 0.25 if stage == 'base' else 0.75}\n"
+        "@hookimpl\ndef evaluate(run, stage):\n    return {'shout_score': 0.25 if stage == 'base' else 0.75, 'shout_debug': 3}\n"
         "@hookimpl\ndef report_rows():\n    return [ReportRow('shout score', 'final.shout_score', base=True, chart='quality'),"
         " ReportRow('shout volume', 'shout.volume')]\n"
         "@hookimpl\ndef export(run):\n    run.metrics['shout'] = {'volume': run.section('shout').volume}\n"
@@ -238,7 +238,10 @@ def test_a_third_party_methods_rows_reach_the_table_and_compare(tmp_path):
                               capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         outputs.append(done.stdout)
-    assert "shout_score" in outputs[0] and "shout volume" in outputs[0]  # the end-of-run tables
+    # the end-of-run tables show declared rows by their labels; an undeclared metric stays in metrics.json only
+    assert "shout score" in outputs[0] and "shout volume" in outputs[0]
+    assert "shout_score" not in outputs[0] and "shout_debug" not in outputs[0] and "eval_rows" not in outputs[0]
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["final"]["shout_debug"] == 3
     result = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     markdown = (tmp_path / "cmp" / "compare.md").read_text()
@@ -279,7 +282,11 @@ def test_run_generate_shares_answers_within_a_stage_and_never_across_training(tm
     run = Run(recipe=validate(tiny_recipe(["sft"], eval={"batch_size": 4})), dir=tmp_path)
     run.model = "base"
     first = run.generate(["a", "b"], 8)
-    assert run.generate(["a", "b"], 8) is first and len(calls) == 1
+    again = run.generate(["a", "b"], 8)
+    assert (again.texts, again.reused, first.reused, len(calls)) == (first.texts, 2, 0, 1)
+    some = run.generate(["b", "c"], 8)  # per prompt: only the new one is generated
+    assert (some.texts, some.reused, calls[-1][1]) == (["base:b", "base:c"], 1, ("c",))
+    calls.pop()
     assert run.generate(["a", "b"], 16).texts == ["base:a", "base:b"] and len(calls) == 2  # another length
     run._core.trained_steps += 1  # what the core does when training ends
     run.generate(["a", "b"], 16)

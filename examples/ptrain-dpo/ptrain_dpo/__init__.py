@@ -67,6 +67,11 @@ def recipe_sections() -> dict[str, type]:
 
 
 @hookimpl
+def method_traits() -> list[str]:
+    return ["needs_pairs"]
+
+
+@hookimpl
 def validate_recipe(recipe: Recipe) -> None:
     """Preference pairs or nothing: checked by ``ptrain validate``, before anything loads."""
     fields = recipe.data_fields
