@@ -46,6 +46,9 @@ def validate_recipe(recipe: Recipe) -> None:
             key="data.streaming",
         )
     check_report_to(recipe.train.report_to)
+    from ptrain._templates import check_recipe
+
+    check_recipe(recipe)
 
 
 @hookimpl
@@ -134,7 +137,8 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
         batch_size=section.batch_size,
         max_length=run.recipe.train.max_length,
     )
-    sample = rows[: section.max_samples]
+    # an unpaired row judged bad (label = false) is no reference answer: generation metrics use the good ones
+    sample = [r for r in rows if r.get("label") is not False][: section.max_samples]
     metrics: dict[str, Any] = {
         "eval_loss": round(loss, 6),
         "perplexity": round(perplexity(loss), 4),

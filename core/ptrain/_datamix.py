@@ -254,13 +254,12 @@ def streaming_dataset(prepared: Prepared, shuffle_buffer: int, seed: int) -> Any
     import datasets
     from datasets.iterable_dataset import ExamplesIterable
 
-    from ptrain._data import to_dataset
+    from ptrain._data import to_dataset, uniform_rows
 
     keys = list(dict.fromkeys(k for row in prepared.sample for k in row))
-    empty: dict[str, Any] = {"context": [], "label": None}
 
     def uniform(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: row.get(k, empty.get(k, "")) for k in keys}
+        return uniform_rows([row], keys)[0]
 
     def rows() -> Iterator[tuple[int, dict[str, Any]]]:
         yield from enumerate(map(uniform, prepared.stream()))  # type: ignore[misc]
