@@ -104,7 +104,7 @@ def prepare_data(run: Run) -> DataSplits:
     from ptrain._datamix import splits, streaming_dataset
 
     recipe = run.recipe
-    prepared = splits(recipe.data_plan, recipe.data, recipe.catalog, recipe.seed, run.tokenizer)
+    prepared = splits(recipe.data_plan, recipe.data, recipe.catalog, recipe.seed, run.tokenizer, recipe.train.max_length)
     run.metrics["data"] = prepared.summary  # streamed rows are counted as they are read
     if prepared.stream is not None:
         return DataSplits(streaming_dataset(prepared, recipe.data.shuffle_buffer, recipe.seed), to_dataset(prepared.eval))

@@ -376,36 +376,50 @@ def turn_segments(chat: Any, row: dict[str, Any], where: str) -> list[dict[str, 
     return [s for s in segments if s["text"]]
 
 
-def training_tokens(dataset: Any, tokenizer: Any, max_length: int) -> Any | None:
-    """The rows as token ids with a ``completion_mask`` (1: in the loss), or None when TRL's own tokenizing of
-    ``prompt`` + ``completion`` is the same: for rows whose earlier assistant turns are trained too
-    (``segments``) and for plain-text rows (no prompt), which are cut into chunks of ``max_length`` tokens
-    (no tail is lost; TRL would truncate them). Token spans follow the text spans; EOS ends each row."""
+def training_tokens(dataset: Any, tokenizer: Any) -> Any | None:
+    """The rows as ``input_ids`` with a ``completion_mask`` (1: in the loss) when some conversation's earlier
+    assistant turns are trained too (its ``segments``), else None: TRL's own tokenizing of ``prompt`` +
+    ``completion`` is then the same. Token spans follow the text spans; EOS ends each row, trained."""
     import datasets
 
     names = list(dataset.column_names or [])
-    if "segments" not in names and "prompt" not in names:
-        return None
-    if isinstance(dataset, datasets.Dataset):
-        multi_turn = "segments" in names and any(dataset["segments"])
-        if not multi_turn and not any(p == "" for p in dataset["prompt"]):
-            return None
-    elif "segments" not in names:
+    if "segments" not in names or (isinstance(dataset, datasets.Dataset) and not any(dataset["segments"])):
         return None
 
-    def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"input_ids": [], "completion_mask": []}
-        segments = batch.get("segments") or [None] * len(batch["prompt"])
-        for prompt, completion, spans in zip(batch["prompt"], batch["completion"], segments, strict=True):
-            ids, mask = span_tokens(tokenizer, [(s["text"], s["train"]) for s in spans] if spans else [(prompt, False)], completion)
-            pieces = range(0, len(ids), max_length) if not prompt and not spans else range(0, 1)
-            for start in pieces:
-                stop = start + max_length if not prompt and not spans else len(ids)
-                out["input_ids"].append(ids[start:stop])
-                out["completion_mask"].append(mask[start:stop])
-        return out
+    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+        spans = [(s["text"], s["train"]) for s in row["segments"]] if row["segments"] else [(row["prompt"], False)]
+        ids, mask = span_tokens(tokenizer, spans, row["completion"])
+        return {"input_ids": ids, "completion_mask": mask}
 
-    return dataset.map(tokenize, batched=True, remove_columns=names)
+    return dataset.map(tokenize, remove_columns=names)
+
+
+CHUNK_MARGIN = 4
+"""Tokens a chunk of plain text leaves free under ``train.max_length`` (BOS, EOS, a boundary that tokenizes apart)."""
+
+
+def chunk_texts(rows: Rows, tokenizer: Any, max_length: int | None) -> tuple[Rows, int]:
+    """Plain-text rows (no prompt) longer than ``max_length`` tokens cut into consecutive chunks that fit, at
+    token boundaries: no tail is lost, where truncation would drop it. ``(rows, texts chunked)``."""
+    if not max_length or tokenizer is None:
+        return rows, 0
+    out, chunked = [], 0
+    size = max(max_length - CHUNK_MARGIN, 1)
+    for row in rows:
+        if row.get("prompt") or row.get("context") or not row.get("completion"):
+            out.append(row)
+            continue
+        text = row["completion"]
+        encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        offsets = encoded["offset_mapping"]
+        if len(offsets) <= size:
+            out.append(row)
+            continue
+        chunked += 1
+        starts = [0] + [offsets[i][0] for i in range(size, len(offsets), size)]
+        for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
+            out.append(row | {"output": text[start:end], "completion": text[start:end]})
+    return out, chunked
 
 
 def span_tokens(tokenizer: Any, spans: list[tuple[str, bool]], completion: str) -> tuple[list[int], list[int]]:

@@ -39,11 +39,10 @@ def build_trainer(run: Run) -> Any:
         dataset_num_proc=None,
     )
     columns = ["prompt", "completion"]
-    max_length = run.recipe.train.max_length
 
     def rows(dataset: Any) -> Any:
-        # every assistant turn of a conversation trained, long plain texts chunked: tokenized by the core
-        tokens = training_tokens(dataset, run.tokenizer, max_length)
+        # every assistant turn of a conversation in the loss: tokenized by the core, span by span
+        tokens = training_tokens(dataset, run.tokenizer)
         return tokens if tokens is not None else dataset.select_columns(columns)
 
     train = rows(run.train_dataset)
