@@ -213,7 +213,7 @@ TRAINED = {  # layout -> the method that trains on it
 def test_layout_trains_tiny_llama(name, tmp_path, ptrain_run):
     method = TRAINED[name]
     recipe = layout_recipe(tmp_path, name, methods=(method,), eval_size=2)
-    recipe["train"] |= {"max_steps": 3, "batch_size": 2, "max_length": 64 if name != "trl_text" else 8}
+    recipe["train"] |= {"max_steps": 3, "batch_size": 2, "max_length": 256 if name != "trl_text" else 8}
     recipe["eval"] = {"base": False, "max_samples": 4, "max_new_tokens": 4}
     run = ptrain_run(recipe)
     assert run.metrics["train"]["steps"] == 3
