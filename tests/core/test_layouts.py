@@ -227,3 +227,25 @@ def test_layout_trains_tiny_llama(name, tmp_path, ptrain_run):
     if name == "lf_kto":  # only the good answers are references in evaluation
         samples = [json.loads(line) for line in (run.dir / "samples.jsonl").read_text().splitlines()]
         assert samples and {s["reference"] for s in samples} == {"blue"}
+
+
+def test_ptrain_data_shows_trained_turns_rejected_label_and_tools(tmp_path):
+    from click.testing import CliRunner
+
+    from ptrain._cli import cli
+
+    shown = {}
+    for name in ("lf_sharegpt", "lf_sharegpt_preference", "lf_kto", "trl_tools"):
+        rows, _, _, _, keys = LAYOUTS[name]
+        source = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        template = f"chat_template = {json.dumps(keys['chat_template'])}\n" if "chat_template" in keys else ""
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'name = "p"\nmethods = ["sft"]\n[model]\nname = "builtin:tiny-llama"\n[data]\nsource = "{source}"\n'
+                        f"eval_size = 1\n{template}")
+        result = CliRunner().invoke(cli, ["data", str(path), "-n", "6"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        shown[name] = result.output
+    assert "▶ TRAINED TURN 1" in shown["lf_sharegpt"] and "2 assistant turns trained" in shown["lf_sharegpt"]
+    assert "▶ REJECTED (the answer not to give)" in shown["lf_sharegpt_preference"] and "green" in shown["lf_sharegpt_preference"]
+    assert "label: true (a good answer)" in shown["lf_kto"] and "label: false (a bad answer)" in shown["lf_kto"]
+    assert "tools: add" in shown["trl_tools"] and "<tool_call>" in shown["trl_tools"]
