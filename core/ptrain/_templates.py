@@ -71,8 +71,11 @@ def model_template(name: str) -> tuple[str, str, str] | None:
 
     folder: Path | None = None
     if name.startswith(_paths.BUILTIN):
-        spec = BUILTIN_MODELS.get(name.removeprefix(_paths.BUILTIN))
-        folder = ASSETS / spec.get("tokenizer", name.removeprefix(_paths.BUILTIN)) if spec is not None else None
+        builtin = name.removeprefix(_paths.BUILTIN)
+        spec = BUILTIN_MODELS.get(builtin)
+        if spec is None:
+            return _gguf_template(builtin)
+        folder = ASSETS / spec.get("tokenizer", builtin)
     elif _paths.is_local(name):
         folder = _paths.model_dir(name)
     else:
@@ -99,6 +102,22 @@ def model_template(name: str) -> tuple[str, str, str] | None:
         return value if isinstance(value, str) else value.get("content", "") if isinstance(value, dict) else ""
 
     return template, token("bos_token"), token("eos_token")
+
+
+def _gguf_template(builtin: str) -> tuple[str, str, str] | None:
+    """The chat template in the metadata of a GGUF-backed ``builtin:`` model (read with ``gguf``, no torch)."""
+    from ptrain._models import PRETRAINED_OFFLINE, gguf_file
+
+    if builtin not in PRETRAINED_OFFLINE:
+        return None
+    try:
+        import gguf
+
+        fields = gguf.GGUFReader(gguf_file(builtin)).fields
+        found = fields["tokenizer.chat_template"]
+        return bytes(found.parts[found.data[0]]).decode("utf-8"), "", ""
+    except Exception:  # not installed or unreadable here: checked on the tokenizer at the start of the run
+        return None
 
 
 def _cached_hub_folder(name: str) -> Path | None:
@@ -168,11 +187,17 @@ def check_recipe(recipe: Any) -> None:
     checked row's tools and tool calls (a DataError naming the model, or the key, and the row)."""
     section = recipe.data
     model = recipe.model.tokenizer or recipe.model.name
+    parts = [p for s in (recipe.data_plan.sources if recipe.data_plan else []) for p in (s.train, s.eval) if p is not None]
+    rows = [(where, row) for p in parts for where, row in zip(p.wheres or [], p.rows or p.sample or [], strict=False)]
+    conversations = [(w, r) for w, r in rows if r.get("context")]
+    with_tools = [(w, r) for w, r in conversations if has_tools(r)][:CHECKED_ROWS]
     custom = read_template(section.chat_template) if section.chat_template else None
+    if custom is None and not with_tools:
+        return
     owner = "data.chat_template" if custom else f"model {model}"
     try:
         if custom is not None:
-            render = jinja_renderer(custom, *(model_template(model) or ("", "", ""))[1:])
+            render = jinja_renderer(custom)
         else:
             found = model_template(model)
             if found is None:
@@ -180,16 +205,13 @@ def check_recipe(recipe: Any) -> None:
             render = jinja_renderer(*found)
     except Exception as err:  # a template that does not compile
         raise RecipeError(f"the chat template does not compile ({clip(str(err))}); fix the Jinja", key="data.chat_template") from None
-    parts = [p for s in (recipe.data_plan.sources if recipe.data_plan else []) for p in (s.train, s.eval) if p is not None]
-    rows = [(where, row) for p in parts for where, row in zip(p.wheres or [], p.rows or p.sample or [], strict=False)]
-    conversations = [(w, r) for w, r in rows if r.get("context")]
     if custom is not None:
         where, row = conversations[0] if conversations else ("a sample row", {"context": [{"role": "user", "content": "Hi"}], "output": "Hello"})
         try:
             render(row["context"], row.get("tools") or None, True)
         except Exception as err:
             raise RecipeError(f"rendering {where} fails ({clip(str(err))}); fix the template", key="data.chat_template") from None
-    for where, row in [(w, r) for w, r in conversations if has_tools(r)][:CHECKED_ROWS]:
+    for where, row in with_tools:
         try:
             prompt, answer = render_turn(render, row)
         except Exception as err:
