@@ -187,7 +187,8 @@ class DataSection:
     num_examples: int = 2000
     max_row_chars: int = 200_000
     """A row whose text (prompt, answer, conversation) is longer than this is refused by file and line before
-    it is tokenized: one huge row must not cost gigabytes. ``train.max_length`` truncates what is kept."""
+    it is tokenized: one huge row must not cost gigabytes. ``train.max_length`` truncates what is kept (plain-text
+    rows longer than it are cut into chunks that fit instead, none of their text lost)."""
 
     def validate(self) -> None:
         from ptrain._tasks import TASKS
