@@ -12,7 +12,7 @@ from __future__ import annotations
 from ptrain._artifacts import atomic_dir, dir_size, write_json, write_jsonl, write_text
 from ptrain._bnb import release_checkpoint_file, unfit_4bit_layers
 from ptrain._cards import write_model_card
-from ptrain._data import chat_prompt, render_prompt, to_dataset
+from ptrain._data import chat_prompt, render_prompt, to_dataset, training_tokens
 from ptrain._errors import DataError, PtrainError, RecipeError, UsageError
 from ptrain._evaluation import (
     METRICS,
@@ -32,7 +32,14 @@ from ptrain._evaluation import (
     task_scores,
     valid_json,
 )
-from ptrain._formats import ALPACA_TEMPLATE, ALPACA_TEMPLATE_NO_INPUT, chat_messages, conversation, text_field
+from ptrain._formats import (
+    ALPACA_TEMPLATE,
+    ALPACA_TEMPLATE_NO_INPUT,
+    chat_messages,
+    clip,
+    conversation,
+    text_field,
+)
 from ptrain._memory import MemoryUsage, footprint_bytes, measure_memory, memory_in_use_mb
 from ptrain._models import (
     check_model_name,
@@ -78,7 +85,7 @@ __all__ = [
     # models
     "load_pretrained", "model_location", "resolve_dtype", "unfit_4bit_layers", "release_checkpoint_file", "frozen_copy", "is_adapter_model",
     # data
-    "to_dataset", "render_prompt", "chat_prompt", "text_field", "chat_messages", "conversation",
+    "to_dataset", "render_prompt", "chat_prompt", "text_field", "chat_messages", "conversation", "clip", "training_tokens",
     "ALPACA_TEMPLATE", "ALPACA_TEMPLATE_NO_INPUT", "TASKS", "Task", "generate_tasks",
     # training
     "training_arguments", "train_auxiliary", "world_size",

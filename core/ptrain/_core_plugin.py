@@ -54,6 +54,9 @@ def validate_recipe(recipe: Recipe) -> None:
                 'without chosen and rejected; use rows with prompt, chosen and rejected (data.format = "preference")',
                 key="data.source" if recipe.data.format == "auto" else "data.format",
             )
+    from ptrain._templates import check_recipe
+
+    check_recipe(recipe)
 
 
 @hookimpl
@@ -110,7 +113,7 @@ def prepare_data(run: Run) -> DataSplits:
     from ptrain._datamix import splits, streaming_dataset
 
     recipe = run.recipe
-    prepared = splits(recipe.data_plan, recipe.data, recipe.catalog, recipe.seed, run.tokenizer)
+    prepared = splits(recipe.data_plan, recipe.data, recipe.catalog, recipe.seed, run.tokenizer, recipe.train.max_length)
     run.metrics["data"] = prepared.summary  # streamed rows are counted as they are read
     if prepared.stream is not None:
         return DataSplits(streaming_dataset(prepared, recipe.data.shuffle_buffer, recipe.seed), to_dataset(prepared.eval))
@@ -143,7 +146,8 @@ def evaluate(run: Run, stage: str) -> dict[str, Any]:
         batch_size=section.batch_size,
         max_length=run.recipe.train.max_length,
     )
-    sample = rows[: section.max_samples]
+    # an unpaired row judged bad (label = false) is no reference answer: generation metrics use the good ones
+    sample = [r for r in rows if r.get("label") is not False][: section.max_samples]
     metrics: dict[str, Any] = {
         "eval_loss": round(loss, 6),
         "perplexity": round(perplexity(loss), 4),

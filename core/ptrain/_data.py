@@ -25,6 +25,7 @@ from ptrain._sections import DataSection
 from ptrain._types import DataFormat, DataRequest, DataSource
 
 Rows = list[dict[str, Any]]
+CORE = "core"
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Catalog:
 
     def add_formats(self, plugin: str, formats: list[DataFormat]) -> None:
         for fmt in formats or []:
+            if fmt.name in self.formats and plugin == CORE and self.formats[fmt.name][0] != CORE:
+                continue  # a method's format of the same name replaces the core's (methods register first)
             if fmt.name in self.formats:
                 raise RecipeError(
                     f"data format {fmt.name!r} is registered by both {self.formats[fmt.name][0]!r} and {plugin!r}; keep one of them",
@@ -147,6 +150,8 @@ class Part:
     """Normalised rows, once read."""
     sample: Rows | None = None
     """With ``data.streaming``: the first rows, read and checked at validation (never the whole source)."""
+    wheres: list[str] | None = None
+    """Where each read row is (``chats.jsonl: line 7``), for checks made after normalising."""
 
 
 @dataclass
@@ -257,6 +262,7 @@ def read(part: Part, section: DataSection, catalog: Catalog, seed: int, limit: i
         raise DataError(f"{part.key} = {part.location!r}: no rows")
     normalise = normaliser(part, section, catalog, raw[0])
     rows = [normalise(where, row) for where, row in raw]
+    part.wheres = [where for where, _ in raw]
     check_preferences(part, rows, complete=limit is None)
     if limit is None:
         part.rows = rows
@@ -303,8 +309,10 @@ def normaliser(part: Part, section: DataSection, catalog: Catalog, first: tuple[
     settings = catalog.settings(fmt)
     convert = fmt.normalize if settings is None else (lambda row, where: fmt.normalize(row, where, settings))  # type: ignore[call-arg]
 
+    roles = section.roles
+
     def normalise(where: str, raw: dict[str, Any]) -> dict[str, Any]:
-        row = {mapping.get(k, k): v for k, v in raw.items()}
+        row = {mapping.get(k, k): map_roles(v, roles) if roles else v for k, v in raw.items()}
         absent = [c for c in fmt.columns if c not in row]
         if absent:
             raise DataError(f"{where}: format {fmt.name!r} needs column(s) {absent}; found {sorted(row)}; map yours with data.columns")
@@ -322,6 +330,15 @@ def normaliser(part: Part, section: DataSection, catalog: Catalog, first: tuple[
         return normalised
 
     return normalise
+
+
+def map_roles(value: Any, roles: dict[str, str]) -> Any:
+    """Messages (a list of dicts, or one) with their ``role`` / ``from`` tags renamed by ``data.roles``."""
+    if isinstance(value, dict):
+        return {k: roles.get(v, v) if k in ("role", "from") and isinstance(v, str) else v for k, v in value.items()}
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        return [map_roles(m, roles) for m in value]
+    return value
 
 
 def _text_size(row: dict[str, Any]) -> int:
@@ -387,28 +404,162 @@ def templates(part: Part, section: DataSection) -> tuple[str, str]:
 
 
 def render(rows: Rows, section: DataSection, tokenizer: Any, prompt_templates: tuple[str, str]) -> Rows:
-    """Add ``prompt`` and ``completion`` (the text the trainer sees) to normalised rows, in place."""
+    """Add ``prompt`` and ``completion`` (the text the trainer sees) to normalised rows, in place; a
+    conversation's earlier assistant turns, trained too (``data.train_turns = "all"``), are marked in
+    ``segments`` (the prompt cut into spans, each ``{"text", "train"}``)."""
+    from ptrain._templates import (
+        has_tools,
+        read_template,
+        render_turn,
+        tokenizer_renderer,
+        tool_problem,
+        tools_error,
+    )
+
     template, template_no_input = prompt_templates
+    if section.chat_template and tokenizer is not None:
+        tokenizer.chat_template = read_template(section.chat_template)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if (section.chat or any(r.get("context") for r in rows)) and not has_template:
         raise DataError(
             "the data needs the tokenizer's chat template (data.chat = true or chat messages), and this tokenizer has none; "
-            "set model.tokenizer to one that has it, or use prompt templates (data.template)"
+            "set data.chat_template, set model.tokenizer to one that has it, or use prompt templates (data.template)"
         )
-    for row in rows:
-        row["prompt"] = render_prompt(row, template, template_no_input, tokenizer, section.chat)
+    chat = tokenizer_renderer(tokenizer) if has_template else None
+    owner = "data.chat_template" if section.chat_template else f"model {getattr(tokenizer, 'name_or_path', '') or 'tokenizer'}"
+    for index, row in enumerate(rows):
+        where = f"{section.source}: row {index + 1}"
+        if row.get("context") and has_tools(row):
+            prompt, answer = render_turn(chat, row)  # type: ignore[arg-type]
+            problem = tool_problem(chat, row, prompt, answer)  # type: ignore[arg-type]
+            if problem:
+                raise tools_error(where, owner, problem)
+            if row.get("tool_calls"):  # the answer is what the template makes of the calls (the trainer adds EOS)
+                eos = getattr(tokenizer, "eos_token", None) or ""
+                answer = answer.rstrip()
+                row["output"] = (answer.removesuffix(eos) if eos else answer).rstrip()
+            row["prompt"] = prompt
+        else:
+            row["prompt"] = render_prompt(row, template, template_no_input, tokenizer, section.chat)
         row["completion"] = row["output"]
+        if section.train_turns == "all" and any(m["role"] == "assistant" for m in row.get("context") or []):
+            row["segments"] = turn_segments(chat, row, where)  # type: ignore[arg-type]
     return rows
 
 
-def to_dataset(rows: Rows) -> Any:
-    """A ``datasets.Dataset`` of rows; fields some rows lack get an empty value (text "", list [], label None)."""
+def turn_segments(chat: Any, row: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The row's prompt cut into spans: each earlier assistant turn (as the template renders it) trained, the rest not."""
+    context, tools = row["context"], row.get("tools") or None
+    segments, done = [], ""
+    for i, message in enumerate(context):
+        if message["role"] != "assistant":
+            continue
+        before = chat(context[:i], tools, True) if i else ""
+        through = chat(context[: i + 1], tools, False)
+        if not (before.startswith(done) and through.startswith(before)):
+            raise DataError(
+                f"{where}: the chat template renders the conversation's turns differently as it grows (turn {i}), so its "
+                'assistant turns cannot be told apart; set data.train_turns = "last" to train the last answer only'
+            )
+        segments += [{"text": before[len(done):], "train": False}, {"text": through[len(before):], "train": True}]
+        done = through
+    if not row["prompt"].startswith(done):
+        raise DataError(f"{where}: the chat template renders the conversation differently with and without the last answer; "
+                        'set data.train_turns = "last"')
+    segments.append({"text": row["prompt"][len(done):], "train": False})
+    return [s for s in segments if s["text"]]
+
+
+def training_tokens(dataset: Any, tokenizer: Any) -> Any | None:
+    """The rows as ``input_ids`` with a ``completion_mask`` (1: in the loss) when some conversation's earlier
+    assistant turns are trained too (its ``segments``), else None: TRL's own tokenizing of ``prompt`` +
+    ``completion`` is then the same. Token spans follow the text spans; EOS ends each row, trained."""
     import datasets
 
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    empty = {"context": [], "label": None}
-    table = [{k: row.get(k, empty.get(k, "")) for k in keys} for row in rows]
+    names = list(dataset.column_names or [])
+    if "segments" not in names or (isinstance(dataset, datasets.Dataset) and not any(dataset["segments"])):
+        return None
+
+    def tokenize(row: dict[str, Any]) -> dict[str, Any]:
+        spans = [(s["text"], s["train"]) for s in row["segments"]] if row["segments"] else [(row["prompt"], False)]
+        ids, mask = span_tokens(tokenizer, spans, row["completion"])
+        return {"input_ids": ids, "completion_mask": mask}
+
+    return dataset.map(tokenize, remove_columns=names)
+
+
+CHUNK_MARGIN = 4
+"""Tokens a chunk of plain text leaves free under ``train.max_length`` (BOS, EOS, a boundary that tokenizes apart)."""
+
+
+def chunk_texts(rows: Rows, tokenizer: Any, max_length: int | None) -> tuple[Rows, int]:
+    """Plain-text rows (no prompt) longer than ``max_length`` tokens cut into consecutive chunks that fit, at
+    token boundaries: no tail is lost, where truncation would drop it. ``(rows, texts chunked)``."""
+    if not max_length or tokenizer is None:
+        return rows, 0
+    out, chunked = [], 0
+    size = max(max_length - CHUNK_MARGIN, 1)
+    for row in rows:
+        if row.get("prompt") or row.get("context") or not row.get("completion"):
+            out.append(row)
+            continue
+        text = row["completion"]
+        encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        offsets = encoded["offset_mapping"]
+        if len(offsets) <= size:
+            out.append(row)
+            continue
+        chunked += 1
+        starts = [0] + [offsets[i][0] for i in range(size, len(offsets), size)]
+        for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
+            out.append(row | {"output": text[start:end], "completion": text[start:end]})
+    return out, chunked
+
+
+def span_tokens(tokenizer: Any, spans: list[tuple[str, bool]], completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of the spans then the completion (with EOS), and a mask of the trained spans' tokens."""
+    eos = tokenizer.eos_token or ""
+    spans = [*[(t, train) for t, train in spans if t], (completion if completion.endswith(eos) else completion + eos, True)]
+    text = "".join(t for t, _ in spans)
+    ids = tokenizer(text)["input_ids"]
+    mask: list[int] = []
+    offset = 0
+    for span, train in spans:
+        offset += len(span)
+        end = len(ids) if offset == len(text) else common_prefix(tokenizer(text[:offset])["input_ids"], ids)
+        mask += [int(train)] * max(end - len(mask), 0)
+    return ids, mask
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def to_dataset(rows: Rows) -> Any:
+    """A ``datasets.Dataset`` of rows; fields some rows lack get an empty value (text "", list [], label None);
+    tools and tool calls are kept as JSON text (their schemas differ from row to row)."""
+    import datasets
+
+    table = uniform_rows(rows, list(dict.fromkeys(k for row in rows for k in row)))
     return datasets.Dataset.from_list(table)
+
+
+EMPTY: dict[str, Any] = {"context": [], "label": None, "segments": [], "tools": "", "tool_calls": ""}
+
+
+def uniform_rows(rows: Rows, keys: list[str]) -> Rows:
+    """Rows with every key in ``keys`` (see :func:`to_dataset`)."""
+    import json
+
+    def value(row: dict[str, Any], key: str) -> Any:
+        found = row.get(key, EMPTY.get(key, ""))
+        if key in ("tools", "tool_calls") and not isinstance(found, str):
+            return json.dumps(found, ensure_ascii=False)
+        if key == "context" and any("tool_calls" in m for m in found):
+            return [m | {"tool_calls": json.dumps(m["tool_calls"], ensure_ascii=False)} if "tool_calls" in m else m for m in found]
+        return found
+
+    return [{k: value(row, k) for k in keys} for row in rows]
 
 
 def core_catalog() -> Catalog:

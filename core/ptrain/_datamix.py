@@ -24,6 +24,7 @@ from ptrain._data import (
     DataPlan,
     Rows,
     SourcePlan,
+    chunk_texts,
     normaliser,
     render,
     request_for,
@@ -107,15 +108,20 @@ def prompt_settings(plan: DataPlan) -> dict[str, Any]:
     return {"chat": first.section.chat or conversations, "template": template, "template_no_input": template_no_input}
 
 
-def splits(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, tokenizer: Any) -> Prepared:
-    """The rows of the planned data: see the module's docstring."""
+def splits(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, tokenizer: Any, max_length: int | None = None) -> Prepared:
+    """The rows of the planned data: see the module's docstring. With ``max_length``, plain-text rows longer
+    than it are cut into chunks that fit (counted in the summary: ``text_rows_chunked``)."""
     if section.streaming:
-        return _streamed(plan, section, catalog, seed, tokenizer)
+        return _streamed(plan, section, catalog, seed, tokenizer, max_length)
     trains, evals = [], []
+    chunked = 0
     for source in plan.sources:
         train, evaluation = source_rows(source, catalog, seed)
         render(train, source.section, tokenizer, templates(source.train, source.section))
         render(evaluation, source.section, tokenizer, templates(source.eval or source.train, source.section))
+        train, count = chunk_texts(train, tokenizer, max_length)
+        evaluation, _ = chunk_texts(evaluation, tokenizer, max_length)
+        chunked += count
         if plan.mixed:
             for row in itertools.chain(train, evaluation):
                 row[SOURCE_FIELD] = source.label
@@ -145,6 +151,8 @@ def splits(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, to
         for entry, count in zip(summary["sources"].values(), available, strict=True):
             entry["available_rows"] = count
     summary["train_rows"] = len(train)
+    if chunked:
+        summary["text_rows_chunked"] = chunked
     return Prepared(evaluation, summary, train=train)
 
 
@@ -187,7 +195,8 @@ def _raw_stream(source: SourcePlan, seed: int, catalog: Catalog | None = None) -
     return iter(part.source.read(request))  # a source that cannot stream: read whole, as without streaming
 
 
-def _source_stream(source: SourcePlan, catalog: Catalog, seed: int, tokenizer: Any, skip: int, mixed: bool) -> Iterator[dict[str, Any]]:
+def _source_stream(source: SourcePlan, catalog: Catalog, seed: int, tokenizer: Any, skip: int, mixed: bool,
+                   max_length: int | None = None) -> Iterator[dict[str, Any]]:
     """One pass over a source's training rows, normalised and rendered, after its ``skip`` held-out rows."""
     raw = _raw_stream(source, seed, catalog)
     first = next(raw, None)
@@ -198,10 +207,11 @@ def _source_stream(source: SourcePlan, catalog: Catalog, seed: int, tokenizer: A
     for index, (where, row) in enumerate(itertools.chain([first], raw)):
         if index < skip:
             continue
-        rendered = render([normalise(where, row)], source.section, tokenizer, prompt_templates)[0]
-        if mixed:
-            rendered[SOURCE_FIELD] = source.label
-        yield rendered
+        rendered = render([normalise(where, row)], source.section, tokenizer, prompt_templates)
+        for piece in chunk_texts(rendered, tokenizer, max_length)[0]:
+            if mixed:
+                piece[SOURCE_FIELD] = source.label
+            yield piece
 
 
 def _held_out(source: SourcePlan, catalog: Catalog, seed: int, tokenizer: Any, mixed: bool) -> Rows:
@@ -218,7 +228,7 @@ def _held_out(source: SourcePlan, catalog: Catalog, seed: int, tokenizer: Any, m
     return list(itertools.islice(_source_stream(source, catalog, seed, tokenizer, 0, mixed), source.section.eval_size))
 
 
-def _streamed(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, tokenizer: Any) -> Prepared:
+def _streamed(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int, tokenizer: Any, max_length: int | None) -> Prepared:
     evals = [_held_out(s, catalog, seed, tokenizer, plan.mixed) for s in plan.sources]
     evaluation = [row for rows in evals for row in rows]
     skips = [0 if s.eval is not None else s.section.eval_size for s in plan.sources]
@@ -228,7 +238,8 @@ def _streamed(plan: DataPlan, section: DataSection, catalog: Catalog, seed: int,
 
     def one_pass() -> Iterator[dict[str, Any]]:
         dedup = Dedup(evaluation) if section.dedup else None
-        streams = [_source_stream(s, catalog, seed, tokenizer, skip, plan.mixed) for s, skip in zip(plan.sources, skips, strict=True)]
+        streams = [_source_stream(s, catalog, seed, tokenizer, skip, plan.mixed, max_length)
+                   for s, skip in zip(plan.sources, skips, strict=True)]
         passed = [0] * len(streams)
         if plan.mixed:
             rows = interleave(streams, [s.weight for s in plan.sources], seed, passed)
@@ -271,13 +282,12 @@ def streaming_dataset(prepared: Prepared, shuffle_buffer: int, seed: int) -> Any
     import datasets
     from datasets.iterable_dataset import ExamplesIterable
 
-    from ptrain._data import to_dataset
+    from ptrain._data import to_dataset, uniform_rows
 
     keys = list(dict.fromkeys(k for row in prepared.sample for k in row))
-    empty: dict[str, Any] = {"context": [], "label": None}
 
     def uniform(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: row.get(k, empty.get(k, "")) for k in keys}
+        return uniform_rows([row], keys)[0]
 
     def rows() -> Iterator[tuple[int, dict[str, Any]]]:
         yield from enumerate(map(uniform, prepared.stream()))  # type: ignore[misc]

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 PROMPT_MARK, COMPLETION_MARK, END_MARK = "▶ PROMPT", "▶ COMPLETION (trained on)", "◀ END"
+TURN_MARK, REJECTED_MARK = "▶ TRAINED TURN", "▶ REJECTED (the answer not to give)"
 STATS_ROWS = 2000
 """Token statistics cover at most this many training rows."""
 
@@ -35,6 +36,12 @@ class Example:
     max_length: int
     boundary_merged: bool
     """The tokenized prompt is not a prefix of the tokenized prompt + completion."""
+    segments: list[dict[str, Any]] | None = None
+    """The prompt cut into spans, earlier assistant turns (trained too) marked ``train``."""
+    rejected: str | None = None
+    label: bool | None = None
+    tools: list[str] | None = None
+    """Names of the tools the conversation offers (their schemas are in the rendered prompt)."""
 
     @property
     def truncated(self) -> int:
@@ -60,8 +67,9 @@ def tokens(tokenizer: Any, prompt: str, completion: str) -> tuple[int, int, int,
 def examples(recipe: Any, tokenizer: Any, count: int, split: str) -> tuple[list[Example], dict[str, Any]]:
     """The first ``count`` examples of ``split`` (``train`` or ``eval``) and a summary of the data."""
     from ptrain._datamix import SOURCE_FIELD, splits
+    from ptrain._formats import tool_names
 
-    prepared = splits(recipe.data_plan, recipe.data, recipe.catalog, recipe.seed, tokenizer)
+    prepared = splits(recipe.data_plan, recipe.data, recipe.catalog, recipe.seed, tokenizer, recipe.train.max_length)
     rows = prepared.rows() if split == "train" else prepared.eval
     max_length = recipe.train.max_length
     stats_rows = list(itertools.islice(prepared.rows(), STATS_ROWS))
@@ -70,7 +78,8 @@ def examples(recipe: Any, tokenizer: Any, count: int, split: str) -> tuple[list[
     for index, row in enumerate(itertools.islice(rows, count), 1):
         prompt_tokens, completion_tokens, total, merged = tokens(tokenizer, row["prompt"], row["completion"])
         shown.append(Example(split, index, row.get(SOURCE_FIELD), row["prompt"], row["completion"], tokenizer.eos_token or "",
-                             prompt_tokens, completion_tokens, total, max_length, merged))
+                             prompt_tokens, completion_tokens, total, max_length, merged, segments=row.get("segments") or None,
+                             rejected=row.get("rejected") or None, label=row.get("label"), tools=tool_names(row.get("tools")) or None))
     summary = dict(prepared.summary)
     if counted:
         totals = [c[2] for c in counted]
@@ -103,6 +112,9 @@ def show(shown: list[Example], summary: dict[str, Any], console: Any) -> None:
         console.print(f"source [bold]{escape(label)}[/]: {escape(str(entry.get('source')))} ({entry.get('format')}{share}): "
                       f"{rows} training rows{' (streamed: read so far)' if summary.get('streaming') else ''}, {entry.get('eval_rows')} eval rows",
                       soft_wrap=True)
+    if summary.get("text_rows_chunked"):
+        console.print(f"long texts: {summary['text_rows_chunked']} plain-text rows longer than train.max_length were cut into "
+                      "chunks that fit (chunked, not truncated: no tail is lost)", soft_wrap=True)
     if summary.get("duplicates_dropped") is not None:
         console.print(f"dedup: {summary['duplicates_dropped']} duplicate training rows dropped")
     stats = summary.get("tokens")
@@ -117,15 +129,35 @@ def show(shown: list[Example], summary: dict[str, Any], console: Any) -> None:
     for example in shown:
         body = Text()
         body.append(PROMPT_MARK + "\n", style="bold cyan")
-        body.append(example.prompt or "(none: the whole text is trained on)", style="cyan" if example.prompt else "dim")
+        if example.segments:
+            trained = 0
+            for segment in example.segments:
+                if segment["train"]:
+                    trained += 1
+                    body.append(f"{TURN_MARK} {trained}\n", style="bold green")
+                    body.append(segment["text"], style="green")
+                    body.append(f"{END_MARK} {trained}\n", style="bold green")
+                else:
+                    body.append(segment["text"], style="cyan")
+        else:
+            body.append(example.prompt or "(none: the whole text is trained on)", style="cyan" if example.prompt else "dim")
         body.append("\n" + COMPLETION_MARK + "\n", style="bold green")
         body.append(example.completion, style="green")
         body.append(example.eos, style="bold magenta")
         body.append("\n" + END_MARK, style="bold green")
+        if example.rejected is not None:
+            body.append("\n" + REJECTED_MARK + "\n", style="bold red")
+            body.append(example.rejected, style="red")
         facts = [f"prompt {example.prompt_tokens} tokens", f"completion {example.completion_tokens} (EOS included)",
                  f"total {example.total_tokens} of max_length {example.max_length}"]
         if example.truncated:
             facts.append(f"[red]the trainer cuts the last {example.truncated} tokens[/]")
+        if example.segments:
+            facts.append(f"{sum(s['train'] for s in example.segments) + 1} assistant turns trained")
+        if example.label is not None:
+            facts.append("label: [green]true (a good answer)[/]" if example.label else "label: [red]false (a bad answer)[/]")
+        if example.tools:
+            facts.append(f"tools: {escape(', '.join(example.tools))}")
         if example.boundary_merged:
             facts.append("[yellow]the prompt's last token merges with the completion: trained context differs from inference[/]")
         title = f"{example.split} example {example.index}" + (f" · source {escape(example.source)}" if example.source else "")

@@ -57,6 +57,20 @@ def check_name(value: str, key: str, known: tuple[str, ...], what: str) -> None:
         raise RecipeError(f"unknown {what} {value!r}{suggest(value, list(known))} (known: {', '.join(known)})", key=key)
 
 
+def read_template(value: str, key: str = "data.chat_template") -> str:
+    """``data.chat_template``: a Jinja file (``.jinja``/``.j2``/any existing file) or the template text itself."""
+    looks_like_file = "{" not in value and ("\n" not in value) and len(value) < 1000
+    if looks_like_file:
+        path = Path(value).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise RecipeError(f"cannot read the chat template file {value!r} ({err.strerror or err}); give a Jinja file or "
+                              "the template text itself", key=key) from None
+    return value
+
+
+
 @dataclass
 class ModelSection:
     """``[model]``: what to train."""
@@ -135,10 +149,22 @@ class DataSection:
     evaluation rows, and metrics are reported per source."""
     format: str = "auto"
     """``auto`` (told from the columns), or a registered format: ``prompt_completion``, ``alpaca``,
-    ``dolly``, ``messages``, ``preference`` (``prompt``, ``chosen``, ``rejected``), ``unpaired``
-    (``prompt``, ``completion``, ``label``), ``text``, or one a plugin adds (``ptrain list``)."""
+    ``dolly``, ``messages``, ``sharegpt``, ``preference`` (``prompt``, ``chosen``, ``rejected``),
+    ``sharegpt_preference``, ``unpaired`` (``prompt``, ``completion``, ``label``), ``messages_unpaired``,
+    ``sharegpt_unpaired``, ``alpaca_unpaired``, ``text``, or one a plugin adds (``ptrain list``); the
+    README's data section shows a row of each."""
     columns: dict[str, str] = field(default_factory=dict)
     """Rename source columns to the format's names, e.g. ``{ prompt = "question", completion = "answer" }``."""
+    roles: dict[str, str] = field(default_factory=dict)
+    """Rename the role tags of chat messages (``role`` or ShareGPT's ``from``) to ``system``, ``user``,
+    ``assistant`` or ``tool``, as LLaMA-Factory's ``tags`` do, e.g. ``{ human = "user", bot = "assistant" }``."""
+    chat_template: str | None = None
+    """A Jinja chat template (a file path or the template text) used instead of the tokenizer's own, e.g. one
+    that renders ``tools`` and ``tool_calls`` where the model's drops them; checked at ``ptrain validate`` by
+    rendering a row, and saved with the trained model's tokenizer."""
+    train_turns: Literal["all", "last"] = "all"
+    """In a multi-turn conversation, train on every assistant turn (``all``, as TRL and LLaMA-Factory do: each
+    turn's tokens in the loss, the rest masked), or on the last answer only (``last``)."""
     split: str = "train"
     """Split to read from a hub dataset."""
     eval_source: str | None = None
@@ -166,7 +192,8 @@ class DataSection:
     num_examples: int = 2000
     max_row_chars: int = 200_000
     """A row whose text (prompt, answer, conversation) is longer than this is refused by file and line before
-    it is tokenized: one huge row must not cost gigabytes. ``train.max_length`` truncates what is kept."""
+    it is tokenized: one huge row must not cost gigabytes. ``train.max_length`` truncates what is kept (plain-text
+    rows longer than it are cut into chunks that fit instead, none of their text lost)."""
 
     def validate(self) -> None:
         from ptrain._tasks import TASKS
@@ -198,6 +225,13 @@ class DataSection:
             check_template(self.template, "template", ("instruction", "input"), ("instruction", "input"))
         if self.template_no_input is not None:
             check_template(self.template_no_input, "template_no_input", ("instruction",), ("instruction",))
+        from ptrain._formats import ROLES
+
+        for tag, role in self.roles.items():
+            if role not in ROLES:
+                raise RecipeError(f"maps {tag!r} to {role!r}; map role tags to one of {', '.join(ROLES)}", key=f"roles.{tag}")
+        if self.chat_template is not None:
+            read_template(self.chat_template, "chat_template")
 
     def views(self) -> list[tuple[str, float, str, DataSection]]:
         """``(label, weight, key prefix, section)`` per source: each source's own view of ``[data]``

@@ -25,13 +25,19 @@ class DataSplits(NamedTuple):
     eval: Any
 
 
-ROW_FIELDS = ("instruction", "input", "output", "context", "chosen", "rejected", "label", "task")
+ROW_FIELDS = ("instruction", "input", "output", "context", "chosen", "rejected", "label", "tools", "tool_calls", "task")
 """The fields of a normalised row, as a data format's ``normalize`` returns them:
 
 * ``instruction`` (text): what is asked; ``input`` (text): what it is asked about, may be empty;
 * ``output`` (text): the answer to learn, the reference for evaluation and rewards;
 * ``context`` (list of ``{"role", "content"}``): a conversation before the answer, rendered with
-  the tokenizer's chat template instead of a prompt template;
+  the tokenizer's chat template instead of a prompt template; an assistant message may carry
+  ``tool_calls`` (``[{"type": "function", "function": {"name", "arguments": {...}}}]``), a ``tool``
+  message ``tool_call_id`` and ``name``; its earlier assistant turns are trained too unless the
+  recipe sets ``data.train_turns = "last"``;
+* ``tools`` (list of JSON schemas): the tools the conversation may call, passed to the chat template
+  (``apply_chat_template(..., tools=...)``); ``tool_calls``: the answer's own tool calls (``output``
+  is then the answer as the template renders it);
 * ``chosen`` / ``rejected`` (text): a preference pair; ``label`` (bool): a single answer judged
   good or bad (unpaired preference data);
 * ``task`` (text): a name used to pick the evaluation metric and to group results.

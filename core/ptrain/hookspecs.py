@@ -122,11 +122,15 @@ def data_formats() -> list[DataFormat]:
     """Data layouts this plugin can read (``data.format = "<name>"``).
 
     :return: :class:`ptrain.DataFormat` objects. The core registers its own the same way:
-        ``prompt_completion``, ``alpaca``, ``dolly``, ``messages``, ``preference``, ``unpaired``, ``text``.
+        ``prompt_completion``, ``alpaca``, ``dolly``, ``messages``, ``sharegpt``, ``preference``,
+        ``sharegpt_preference``, ``unpaired``, ``messages_unpaired``, ``sharegpt_unpaired``,
+        ``alpaca_unpaired``, ``text`` (TRL's, LLaMA-Factory's and OpenAI's layouts).
         A format with ``options`` (a dataclass) reads its settings from the recipe's ``[data.<name>]``
         table, validated like a section; ``normalize`` then gets them as a third argument.
 
-    Result rule: all results are collected; a name registered twice is an error.
+    Result rule: all results are collected; a name two of the recipe's methods register is an
+    error; a method's format of the same name as a core format replaces the core's in recipes
+    that name the method.
     """
 
 

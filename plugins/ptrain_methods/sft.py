@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ptrain import Run, hookimpl, training_arguments
+from ptrain import Run, hookimpl, training_arguments, training_tokens
 
 
 @dataclass
@@ -39,8 +39,14 @@ def build_trainer(run: Run) -> Any:
         dataset_num_proc=None,
     )
     columns = ["prompt", "completion"]
-    train = run.train_dataset.select_columns(columns)
-    evaluation = run.eval_dataset.select_columns(columns) if run.recipe.train.eval_steps else None
+
+    def rows(dataset: Any) -> Any:
+        # every assistant turn of a conversation in the loss: tokenized by the core, span by span
+        tokens = training_tokens(dataset, run.tokenizer)
+        return tokens if tokens is not None else dataset.select_columns(columns)
+
+    train = rows(run.train_dataset)
+    evaluation = rows(run.eval_dataset) if run.recipe.train.eval_steps else None
     return SFTTrainer(
         model=run.model,
         args=args,

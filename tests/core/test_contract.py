@@ -190,9 +190,14 @@ def test_plugin_data_sources_and_formats(ptrain_validate, tmp_path):
         ptrain_validate(tiny_recipe(["sft", "qa"], data={"source": "memory:bad"}), plugins={"qa": qa})
     with pytest.raises(RecipeError, match=r"data\.format: unknown data format 'qaa'; did you mean 'qa'\?"):
         ptrain_validate(tiny_recipe(["sft", "qa"], data={"source": "memory:good", "format": "qaa"}), plugins={"qa": qa})
-    twice = _module("twice", data_formats=hookimpl(lambda: [DataFormat("alpaca", ("x",), normalize)]))
-    with pytest.raises(RecipeError, match=r"data format 'alpaca' is registered by both 'twice' and 'core'"):
-        ptrain_validate(tiny_recipe(["sft", "twice"]), plugins={"twice": twice})
+    # a method's format replaces the core's of the same name; two methods' formats of one name clash
+    twice = _module("twice", data_formats=hookimpl(lambda: [DataFormat("alpaca", ("q", "a"), normalize)]))
+    again = _module("again", data_formats=hookimpl(lambda: [DataFormat("alpaca", ("q", "a"), normalize)]))
+    both = tiny_recipe(["sft", "qa", "twice"], data={"source": "memory:good", "format": "alpaca", "eval_size": 2})
+    recipe = ptrain_validate(both, plugins={"twice": twice, "qa": qa})
+    assert recipe.data_format == "alpaca" and recipe.data_plan.train.rows[0]["output"] == "0"
+    with pytest.raises(RecipeError, match=r"data format 'alpaca' is registered by both 'twice' and 'again'"):
+        ptrain_validate(tiny_recipe(["sft", "twice", "again"]), plugins={"twice": twice, "again": again})
 
 
 def test_list_shows_each_plugins_kind():

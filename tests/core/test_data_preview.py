@@ -51,17 +51,19 @@ def test_preview_shows_boundaries_token_counts_and_truncation(tmp_path):
         full = tokenizer(example["prompt"] + example["completion"] + tokenizer.eos_token)["input_ids"]
         assert example["total_tokens"] == len(full) == example["prompt_tokens"] + example["completion_tokens"]
         assert example["truncated_tokens"] == max(len(full) - 12, 0)
-        if example["source"] == "notes":  # plain text: no prompt, the whole text is learned
-            assert example["prompt"] == "" and example["prompt_tokens"] == 0 and example["truncated_tokens"] > 0
+        if example["source"] == "notes":  # plain text: no prompt, the whole text is learned, in chunks that fit
+            assert example["prompt"] == "" and example["prompt_tokens"] == 0 and example["truncated_tokens"] == 0
         else:
             assert example["prompt"].startswith("What is") and full[: example["prompt_tokens"]] == tokenizer(example["prompt"])["input_ids"][: example["prompt_tokens"]]
     assert summary["tokens"]["over_max_length"] > 0 and summary["tokens"]["max_length"] == 12
+    assert summary["text_rows_chunked"] == 45  # every training note (50, 5 held out) is longer than 12 tokens: chunked, none cut
 
     text = CliRunner().invoke(cli, ["data", path, "-n", "2"], terminal_width=120)
     assert text.exit_code == 0, text.output
     assert text.output.count("▶ PROMPT") == 2 and text.output.count("▶ COMPLETION (trained on)") == 2
     assert "source qa:" in text.output and "longer than train.max_length = 12" in text.output
     assert "the trainer cuts the last" in text.output
+    assert "chunked, not truncated: no tail is lost" in text.output
 
 
 def test_preview_names_methods_that_change_the_data_at_run_time(tmp_path):

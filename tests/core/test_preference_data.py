@@ -54,7 +54,7 @@ def test_bad_preference_rows_name_the_row(tmp_path):
     with pytest.raises(DataError, match=r"p\.jsonl: line 2: missing or empty 'rejected'"):
         load_rows(DataSection(source=str(source), format="preference", eval_size=0), 0)
     source = write_jsonl(tmp_path / "q.jsonl", [{"chosen": "b", "rejected": "c"}] * 2)
-    with pytest.raises(DataError, match=r"q\.jsonl: line 1: no 'prompt' column"):
+    with pytest.raises(DataError, match=r"q\.jsonl: line 1: without a 'prompt', 'chosen' and 'rejected' must start with the same prompt"):
         load_rows(DataSection(source=str(source), eval_size=0), 0)
 
 

@@ -4,14 +4,18 @@ A third-party data plugin: one ``data_formats`` hook, nothing else, and only nam
 ``ptrain.__all__``. Listed in a recipe's methods next to the trainer, it lets ``data.format =
 "sharegpt"`` (or ``"auto"``, which recognises the ``conversations`` column) read such files; the
 core reads the file, checks every row at ``ptrain validate`` with file and line, renders each
-conversation with the tokenizer's chat template and trains on the last assistant turn.
+conversation with the tokenizer's chat template and trains on its assistant turns.
+
+The core now reads ShareGPT itself (its own ``sharegpt`` format, with LLaMA-Factory's preference,
+KTO and tool variants); a recipe that names this plugin gets this simpler format instead (a method's
+format replaces the core's of the same name). It stays as the smallest example of the hook.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ptrain import DataError, DataFormat, conversation, hookimpl
+from ptrain import DataError, DataFormat, clip, conversation, hookimpl
 
 ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "tool": "tool"}
 """ShareGPT speaker names -> chat-template roles."""
@@ -25,7 +29,7 @@ def normalize(row: dict[str, Any], where: str) -> dict[str, Any]:
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
-            raise DataError(f"{where}: conversations[{i}] must be {{from: {'|'.join(ROLES)}, value: text}}, got {str(turn)[:80]}")
+            raise DataError(f"{where}: conversations[{i}] must be {{from: {'|'.join(ROLES)}, value: text}}, got {clip(turn)}")
         messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
         raise DataError(f"{where}: the last turn must be the assistant's (from 'gpt') non-empty answer to learn")
