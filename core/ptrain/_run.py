@@ -36,6 +36,8 @@ class CoreState:
     """Bumped when training ends: answers generated before it are stale."""
     answers: tuple[Any, Any] | None = None
     """The last :meth:`Run.generate` call's key and result."""
+    precision: Any = None
+    """What ``train.precision`` became on this machine (``ptrain._precision.PrecisionChoice``), once decided."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ptrain import Run, hookimpl, training_arguments
+from ptrain import Run, hookimpl, training_arguments, use_chunked_loss
 
 
 @dataclass
@@ -41,10 +41,12 @@ def build_trainer(run: Run) -> Any:
     columns = ["prompt", "completion"]
     train = run.train_dataset.select_columns(columns)
     evaluation = run.eval_dataset.select_columns(columns) if run.recipe.train.eval_steps else None
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=run.model,
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=run.tokenizer,
     )
+    use_chunked_loss(run, trainer)  # train.chunked_loss: the loss never holds the full-vocabulary logits
+    return trainer
