@@ -96,7 +96,7 @@ def chunked_token_logprobs(
         else:
             values = torch.zeros((0,), dtype=dtype, device=rows.device)
             if index == 0:
-                values = values + rows.sum() * 0  # a batch with nothing to score still has a (zero) gradient
+                values = values + (rows.sum() + weight.sum()) * 0  # nothing to score: still a (zero) gradient
         # masked_scatter keeps the result connected to the graph, also when no label is scored
         return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
