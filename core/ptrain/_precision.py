@@ -40,15 +40,19 @@ class PrecisionChoice:
         return {"bf16": self.chosen == "bf16", "fp16": self.chosen == "fp16"}
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+def _cpuinfo(field: str) -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    return set(_cpuinfo("flags").split())
 
 
 def _cache_file() -> Path:
@@ -57,11 +61,11 @@ def _cache_file() -> Path:
 
 
 def _probe_key() -> str:
+    import platform
+
     import torch
 
-    from ptrain._lifecycle import _cpu_name
-
-    return f"{_cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    return f"{_cpuinfo('model name') or platform.processor()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
 
 
 def measure_matmul_gflops(dtype: Any, *, size: int = PROBE_SIZE, seconds: float = 0.4) -> float:
