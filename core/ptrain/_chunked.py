@@ -248,8 +248,13 @@ def use_chunked_loss(run: Run, trainer: Any, *, temperature: float = 1.0) -> boo
     """Serve ``trainer``'s per-token log-probs (its model and reference model) through the chunked head,
     when the recipe's ``train.chunked_loss`` is on (the default). Call it on the trainer you built,
     before returning it from ``build_trainer``; returns whether the chunked path is in use."""
+    from ptrain._training import world_size
+
     train = run.recipe.train
     if not train.chunked_loss:
+        return False
+    if world_size() > 1 and run.recipe.distributed.backend == "fsdp":
+        log.info("loss: the trainer's own (FSDP shards the output head; the chunked path does not gather it)")
         return False
     used = False
     for model in (getattr(trainer, "model", None), getattr(trainer, "ref_model", None)):
