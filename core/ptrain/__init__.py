@@ -12,6 +12,13 @@ from __future__ import annotations
 from ptrain._artifacts import atomic_dir, dir_size, write_json, write_jsonl, write_text
 from ptrain._bnb import release_checkpoint_file, unfit_4bit_layers
 from ptrain._cards import write_model_card
+from ptrain._chunked import (
+    chunked_cross_entropy,
+    chunked_kd_loss,
+    chunked_token_logprobs,
+    use_chunked_lm_head,
+    use_chunked_loss,
+)
 from ptrain._data import chat_prompt, render_prompt, to_dataset, training_tokens
 from ptrain._errors import DataError, PtrainError, RecipeError, UsageError
 from ptrain._evaluation import (
@@ -89,6 +96,8 @@ __all__ = [
     "ALPACA_TEMPLATE", "ALPACA_TEMPLATE_NO_INPUT", "TASKS", "Task", "generate_tasks",
     # training
     "training_arguments", "train_auxiliary", "world_size",
+    # losses that never hold the full-vocabulary logits
+    "chunked_cross_entropy", "chunked_token_logprobs", "chunked_kd_loss", "use_chunked_lm_head", "use_chunked_loss",
     # measuring
     "generate", "Generations", "completion_loss", "completion_logprobs", "task_scores", "metric_for", "METRICS",
     "exact_match", "json_match", "numeric_match", "valid_json", "perplexity", "sliding_window_perplexity",

@@ -489,6 +489,7 @@ def _train(run: Run) -> None:
         "train_time_s": round(seconds, 2),
         "tokens_seen": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
+        **_utilisation(run, trainer, tokens, seconds),
         **memory.as_metrics(),
         "memory_before_training_mb": round(before_training_mb, 1),
         "memory_breakdown_mb": training_breakdown(run.model, getattr(trainer, "optimizer", None), memory),
@@ -512,6 +513,24 @@ def _train(run: Run) -> None:
         from ptrain._plots import loss_curve
 
         loss_curve(state.log_history, run.dir / "loss.png", title=run.recipe.name)
+
+
+def _utilisation(run: Run, trainer: Any, tokens: int, seconds: float) -> dict[str, Any]:
+    """The run's model-FLOPs utilisation against this CPU's measured matmul peak (``precision`` the one it trained in)."""
+    import torch
+
+    choice = getattr(run._core, "precision", None)
+    if torch.cuda.is_available() or choice is None or not tokens:
+        return {"precision": getattr(choice, "chosen", None)}
+    from ptrain._precision import utilisation
+
+    state = trainer.state
+    sequences = max(1, state.global_step * run.recipe.train.batch_size * run.recipe.train.gradient_accumulation_steps * _world_size())
+    try:
+        return {"precision": choice.chosen, **utilisation(run.model, tokens, seconds, tokens / sequences, choice.chosen)}
+    except Exception as err:  # a figure, never a reason to fail a trained run
+        log.warning("utilisation not measured: %s: %s", type(err).__name__, err)
+        return {"precision": choice.chosen}
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:

@@ -46,6 +46,8 @@ class CoreState:
     pending_scalars: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     """Scalars logged outside training, appended to ``log_history.json`` when the run ends."""
+    precision: Any = None
+    """What ``train.precision`` became on this machine (``ptrain._precision.PrecisionChoice``), once decided."""
 
 
 @dataclass

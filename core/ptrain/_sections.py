@@ -265,6 +265,14 @@ class TrainSection:
     max_grad_norm: float = 1.0
     max_length: int = 512
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 on a GPU that has it, fp16 on an older GPU; on a CPU bf16 autocast where the CPU
+    computes bf16 measurably faster (``avx512_bf16``/``amx_bf16`` and a cached matmul probe), else fp32.
+    The choice and its reason are logged and saved in ``env.json``."""
+    chunked_loss: bool = True
+    """Compute the loss through the output head a chunk of tokens at a time, recomputed in backward:
+    the ``[tokens × vocabulary]`` logits never exist whole (SFT and the TRL trainers' log-probs)."""
+    loss_chunk_tokens: int = 1024
+    """Tokens per chunk of the chunked loss."""
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     eval_steps: int = 0
@@ -286,6 +294,7 @@ class TrainSection:
         check_range(self, "batch_size", 1, 65_536)
         check_range(self, "gradient_accumulation_steps", 1, 65_536)
         check_range(self, "max_length", 1, 1_048_576)
+        check_range(self, "loss_chunk_tokens", 1, 1_048_576)
         check_range(self, "logging_steps", 1, 100_000_000)
         check_range(self, "eval_steps", 0, 100_000_000, "0 turns evaluation during training off")
         check_range(self, "save_steps", 0, 100_000_000, "0 turns checkpoints off")

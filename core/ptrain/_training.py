@@ -20,23 +20,44 @@ def cuda_facts() -> tuple[bool, bool]:
     return cuda, cuda and torch.cuda.is_bf16_supported()
 
 
-def precision_flags(precision: str, *, cuda: bool | None = None, bf16: bool | None = None) -> dict[str, bool]:
+def precision_flags(
+    precision: str, *, cuda: bool | None = None, bf16: bool | None = None, cpu_bf16: bool | None = None, parameters: int | None = None
+) -> dict[str, bool]:
     """``bf16``/``fp16`` flags for TrainingArguments: mixed precision only where the hardware has it.
 
     ``cuda`` and ``bf16`` describe the GPU (detected when left out): ``auto`` is bf16 on a GPU that
-    has it (Ampere and later), fp16 on an older one, fp32 on CPU.
+    has it (Ampere and later), fp16 on an older one. On a CPU ``bf16`` is autocast, and ``auto`` is
+    bf16 where the CPU computes it measurably faster (``cpu_bf16``, probed when left out: see
+    :mod:`ptrain._precision`), fp32 elsewhere; fp16 needs a GPU.
     """
+    from ptrain._precision import choose_precision
+
     if cuda is None or bf16 is None:
         cuda, bf16 = cuda_facts()
-    if precision == "auto":
-        if cuda and bf16:
-            return {"bf16": True, "fp16": False}
-        return {"bf16": False, "fp16": cuda}
-    if precision in ("bf16", "fp16") and not cuda:
-        from ptrain._errors import RecipeError
+    return choose_precision(precision, cuda=cuda, bf16=bf16, cpu_bf16=cpu_bf16, parameters=parameters).flags()
 
-        raise RecipeError(f"train.precision = {precision!r} needs a CUDA GPU; use 'auto' or 'fp32' on this machine")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+def run_precision(run: Run) -> Any:
+    """The run's :class:`ptrain._precision.PrecisionChoice`, decided once (logged and saved in ``env.json``)."""
+    from ptrain._precision import choose_precision
+
+    choice = getattr(run._core, "precision", None)
+    if choice is None:
+        cuda, bf16 = cuda_facts()
+        parameters = sum(p.numel() for p in run.model.parameters()) if run.model is not None else None
+        choice = choose_precision(run.recipe.train.precision, cuda=cuda, bf16=bf16, parameters=parameters)
+        run._core.precision = choice
+        log.info("precision: %s (train.precision = %r: %s)", choice.chosen, choice.requested, choice.reason)
+        env = run.dir / "env.json"
+        if run.is_main_process and env.is_file():
+            import json
+
+            from ptrain._artifacts import write_json
+
+            facts = json.loads(env.read_text(encoding="utf-8"))
+            facts["precision"] = {"requested": choice.requested, "chosen": choice.chosen, "reason": choice.reason}
+            write_json(env, facts)
+    return choice
 
 
 def world_size() -> int:
@@ -155,7 +176,7 @@ def training_arguments(run: Run, cls: type | None = None, **overrides: Any) -> A
         "optim": train.optim,
         "use_cpu": not torch.cuda.is_available(),
         "dataloader_num_workers": 0,
-        **precision_flags(train.precision),
+        **run_precision(run).flags(),
         **distributed_arguments(run),
     }
     contributed = contributed_arguments(run)

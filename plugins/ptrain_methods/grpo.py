@@ -37,6 +37,7 @@ from ptrain import (
     load_pretrained,
     reward_scores,
     training_arguments,
+    use_chunked_loss,
 )
 
 STATE = "grpo"
@@ -269,7 +270,7 @@ def build_trainer(run: Run) -> Any:
         "grpo: rewards %s, %d completions per prompt, beta %s (reference: %s)",
         ", ".join(f"{name} x{weight:g}" for name, weight, _ in scored), section.num_generations, section.beta, reference,
     )
-    return GRPOTrainer(
+    trainer = GRPOTrainer(
         model=run.model,
         reward_funcs=[_named(name, function) for name, _, function in scored],
         args=args,
@@ -277,6 +278,8 @@ def build_trainer(run: Run) -> Any:
         eval_dataset=evaluation if evaluate_during else None,
         processing_class=run.tokenizer,
     )
+    use_chunked_loss(run, trainer, temperature=section.temperature)  # policy and reference log-probs, chunk by chunk
+    return trainer
 
 
 @hookimpl

@@ -26,6 +26,7 @@ from ptrain import (
     is_adapter_model,
     preference_metrics,
     training_arguments,
+    use_chunked_loss,
 )
 
 from .pairs import PAIRED, PREFERENCE_ROWS
@@ -110,7 +111,7 @@ def build_trainer(run: Run) -> Any:
     adapter = is_adapter_model(run.model)
     run.metrics["kto"] = {"beta": section.beta, "loss_type": section.loss_type, "data": "pairs" if columns == list(PAIRED) else "unpaired",
                           "reference": "adapter disabled" if adapter else "frozen copy"}
-    return KTOTrainer(
+    trainer = KTOTrainer(
         model=run.model,
         ref_model=None if adapter else frozen_copy(run.model),
         args=args,
@@ -118,6 +119,8 @@ def build_trainer(run: Run) -> Any:
         eval_dataset=run.eval_dataset.select_columns(_columns(run.eval_dataset)) if evaluate_during else None,
         processing_class=run.tokenizer,
     )
+    use_chunked_loss(run, trainer)  # policy and reference log-probs, chunk by chunk
+    return trainer
 
 
 @hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ptrain import Run, hookimpl, training_arguments, training_tokens
+from ptrain import Run, hookimpl, training_arguments, training_tokens, use_chunked_loss
 
 
 @dataclass
@@ -47,10 +47,12 @@ def build_trainer(run: Run) -> Any:
 
     train = rows(run.train_dataset)
     evaluation = rows(run.eval_dataset) if run.recipe.train.eval_steps else None
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=run.model,
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=run.tokenizer,
     )
+    use_chunked_loss(run, trainer)  # train.chunked_loss: the loss never holds the full-vocabulary logits
+    return trainer

@@ -29,13 +29,16 @@ from ptrain._training import choose_ddp_backend, precision_flags  # noqa: E402
     ],
 )
 def test_mixed_precision_follows_the_gpu(cuda, bf16, precision, flags):
-    assert precision_flags(precision, cuda=cuda, bf16=bf16) == flags
+    assert precision_flags(precision, cuda=cuda, bf16=bf16, cpu_bf16=False) == flags
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_without_a_gpu_is_a_recipe_error(precision):
-    with pytest.raises(RecipeError, match=f"train.precision = '{precision}' needs a CUDA GPU; use 'auto' or 'fp32'"):
-        precision_flags(precision, cuda=False, bf16=False)
+def test_fp16_without_a_gpu_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="train.precision = 'fp16' needs a CUDA GPU; use 'bf16', 'auto' or 'fp32'"):
+        precision_flags("fp16", cuda=False, bf16=False)
+
+
+def test_bf16_on_a_cpu_is_autocast():
+    assert precision_flags("bf16", cuda=False, bf16=False) == {"bf16": True, "fp16": False}
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from ptrain import (
     hookimpl,
     is_adapter_model,
     training_arguments,
+    use_chunked_loss,
 )
 
 LossType = Literal[
@@ -134,7 +135,7 @@ def build_trainer(run: Run) -> Any:
     run.metrics["dpo"] = {"beta": section.beta, "loss_type": section.loss_type, "reference": kind}
     run.log.info("dpo: beta %s, loss %s, reference: %s", section.beta, section.loss_type, kind)
     columns = list(PREFERENCE_COLUMNS)
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=run.model,
         ref_model=reference,
         args=args,
@@ -142,6 +143,8 @@ def build_trainer(run: Run) -> Any:
         eval_dataset=run.eval_dataset.select_columns(columns) if evaluate_during else None,
         processing_class=run.tokenizer,
     )
+    use_chunked_loss(run, trainer)  # policy and reference log-probs, chunk by chunk
+    return trainer
 
 
 def _logprobs(run: Run, model: Any, rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:

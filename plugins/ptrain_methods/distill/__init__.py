@@ -213,6 +213,7 @@ def build_trainer(run: Run) -> Any:
         teacher_tokenizer=state["teacher_tokenizer"],
         mode=state["mode"],
         section=section,
+        chunked=run.recipe.train.loss_chunk_tokens if run.recipe.train.chunked_loss else None,
     )
 
 

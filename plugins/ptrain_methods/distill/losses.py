@@ -66,6 +66,58 @@ def logit_kd_loss(
     return loss, kd.mean().detach(), ce.mean().detach()
 
 
+def chunked_logit_kd_loss(
+    student: Any,
+    teacher: Any,
+    inputs: dict[str, Any],
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    num_items: Any = None,
+    chunk_tokens: int = 1024,
+) -> tuple[Any, Any, Any] | None:
+    """:func:`logit_kd_loss` from the two models' hidden states, through :func:`ptrain.chunked_kd_loss`: neither
+    model's ``[tokens × vocabulary]`` logits exist whole. Returns None where the chunked path does not apply
+    (a prompt-learning adapter's virtual tokens, an output head with a bias or scaled logits): use the logits then."""
+    import torch
+
+    from ptrain import chunked_kd_loss, chunked_token_logprobs
+
+    def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
+        if getattr(model, "peft_config", None) and getattr(model, "active_peft_config", None) is not None:
+            if model.active_peft_config.is_prompt_learning:
+                return None
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        head = base.get_output_embeddings()
+        config = base.config
+        scaled = any(getattr(config, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+        if head is None or head.bias is not None or scaled:
+            return None
+        return base.base_model, head
+
+    parts = backbone_and_head(student), backbone_and_head(teacher)
+    if parts[0] is None or parts[1] is None:
+        return None
+    (s_body, s_head), (t_body, t_head) = parts
+    ids, attention = inputs["input_ids"], inputs.get("attention_mask")
+    student_hidden = s_body(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state[:, :-1]
+    with torch.no_grad():
+        teacher_hidden = t_body(input_ids=ids.to(t_head.weight.device), attention_mask=None if attention is None else
+                                attention.to(t_head.weight.device), use_cache=False).last_hidden_state[:, :-1]
+    targets = inputs["labels"][:, 1:]
+    mask = targets != -100
+    if not mask.any():
+        zero = student_hidden.sum() * 0.0
+        return zero, zero.detach(), zero.detach()
+    kd = chunked_kd_loss(student_hidden, s_head.weight, teacher_hidden.to(student_hidden.device), t_head.weight.to(student_hidden.device),
+                         mask, temperature=temperature, divergence=divergence, beta=beta, chunk_tokens=chunk_tokens)
+    ce = -chunked_token_logprobs(student_hidden, s_head.weight, targets, chunk_tokens=chunk_tokens)[mask]
+    count = kd.shape[0] if num_items is None else num_items
+    loss = (alpha * temperature**2 * kd.sum() + (1 - alpha) * ce.sum()) / count
+    return loss, kd.mean().detach(), ce.mean().detach()
+
+
 def uld_loss(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
     """Universal Logit Distillation (Boizard et al., 2024) for tokenizers with different vocabularies.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ptrain import Run, to_dataset, train_auxiliary, training_arguments
 
-from .losses import completion_ids, logit_kd_loss, uld_loss
+from .losses import chunked_logit_kd_loss, completion_ids, logit_kd_loss, uld_loss
 
 
 def distill_trainer_class() -> type:
@@ -16,18 +16,34 @@ def distill_trainer_class() -> type:
     from trl import SFTTrainer
 
     class DistillationTrainer(SFTTrainer):
-        def __init__(self, *args: Any, teacher: Any, teacher_tokenizer: Any, mode: str, section: Any, **kwargs: Any):
+        def __init__(self, *args: Any, teacher: Any, teacher_tokenizer: Any, mode: str, section: Any, chunked: int | None = None,
+                     **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.teacher, self.teacher_tokenizer, self.mode, self.section = teacher, teacher_tokenizer, mode, section
+            self.chunked = chunked  # tokens per chunk of the logit-KD loss (train.loss_chunk_tokens); None: full logits
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             if self.mode == "sequence":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
+            section = self.section
+            if self.mode == "logit" and self.chunked is not None and not return_outputs:
+                # train.chunked_loss: neither model's full-vocabulary logits are held
+                chunked = chunked_logit_kd_loss(
+                    model, self.teacher, inputs, section.temperature, section.alpha, section.divergence, section.beta,
+                    num_items=num_items_in_batch, chunk_tokens=self.chunked,
+                )
+                if chunked is not None:
+                    loss, kd, ce = chunked
+                    if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                        loss = loss * self.accelerator.num_processes
+                    mode = "train" if model.training else "eval"
+                    self._metrics[mode]["kd_loss"].append(float(kd))
+                    self._metrics[mode]["ce_loss"].append(float(ce))
+                    return loss
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), use_cache=False)
             # a prompt-learning adapter (prompt_tuning, p_tuning) returns its virtual tokens' logits first
             student_logits = outputs.logits[:, -inputs["input_ids"].shape[1] :]
-            section = self.section
             if self.mode == "logit":
                 with torch.no_grad():
                     teacher_logits = self.teacher(
