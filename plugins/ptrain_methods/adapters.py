@@ -30,10 +30,12 @@ from typing import Any
 
 from ptrain import (
     LoadedModel,
+    ModelFacts,
     Recipe,
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     atomic_dir,
     dir_size,
     hookimpl,
@@ -154,6 +156,14 @@ class VirtualTokensSection:
             raise RecipeError(f"must be in [1, 512], got {self.num_virtual_tokens}; typical values are 8 to 100", key="num_virtual_tokens")
 
 
+def low_rank_parameters(section: Any, facts: ModelFacts, factor: int = 1) -> int:
+    """Parameters of rank-``r`` adapters on the projections ``section.target_modules`` names: ``r x (in + out)``
+    per projection and layer (``factor`` such pairs each: LoHa has two)."""
+    shapes = facts.matching_projections(section.target_modules)
+    extra = sum(out for _, out in shapes) if getattr(section, "use_dora", False) else 0  # DoRA's magnitude vectors
+    return facts.layers * (factor * section.r * sum(i + o for i, o in shapes) + extra)
+
+
 # ------------------------------------------------------------------ target modules
 
 
@@ -267,11 +277,26 @@ class AdapterMethod:
         prepare: Callable[[Any, Any, LoadedModel], None] | None = None,
         check: Callable[[Recipe], None] | None = None,
         rewrites_base: Callable[[Any], bool] = lambda section: False,
+        trainable: Callable[[Any, ModelFacts], int] | None = None,
     ):
         self.name, self.section, self.config = name, section, config
         self.prompt_learning, self.rows, self.prepare, self.check = prompt_learning, [ADAPTER_SIZE, ADAPTER_WEIGHTS, *rows], prepare, check
         self.rewrites_base = rewrites_base
+        self.trainable = trainable
         _METHODS[name] = self
+
+    def plan_hook(self) -> Callable[..., Any]:
+        """The method's ``plan_memory``: its adapters are what trains (``trainable(section, facts)`` counts them)."""
+
+        @hookimpl
+        def plan_memory(plan: TrainingPlan) -> None:
+            section = plan.recipe.section(self.name)
+            plan.trainable_parameters = self.trainable(section, plan.facts) if self.trainable else 0
+            plan.adds_parameters = True
+            if self.prompt_learning:
+                plan.sequence_length += section.num_virtual_tokens
+
+        return plan_memory
 
     def hooks(self) -> tuple[Callable[..., Any], ...]:
         """``recipe_sections, validate_recipe, report_rows, load_model, evaluate, export``, for the method's module."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ptrain import LoadedModel, Recipe, RecipeError, ReportRow, Run
 
-from .adapters import AdapterMethod, LowRankSection, check_probability, check_targets
+from .adapters import AdapterMethod, LowRankSection, low_rank_parameters, check_probability, check_targets
 
 RESIDUAL_INITS = ("pissa", "olora")
 """Initialisations that rewrite the base weights as a residual."""
@@ -86,5 +86,7 @@ METHOD = AdapterMethod(
     rows=[ReportRow("LoRA trainable share (%)", "lora.trainable_percent")],
     check=check_composition,
     rewrites_base=lambda section: section.init in RESIDUAL_INITS,
+    trainable=low_rank_parameters,
 )
 recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

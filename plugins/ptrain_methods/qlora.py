@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import Recipe, RecipeError, ReportRow, Run, hookimpl, release_checkpoint_file, resolve_dtype
+from ptrain import Recipe, RecipeError, ReportRow, Run, TrainingPlan, hookimpl, release_checkpoint_file, resolve_dtype
 
 ADAPTER_METHOD = "lora"
 
@@ -39,6 +39,12 @@ class QLoraSection:
 @hookimpl
 def recipe_sections() -> dict[str, type]:
     return {"qlora": QLoraSection}
+
+
+@hookimpl
+def plan_memory(plan: TrainingPlan) -> None:
+    """The base's attention and MLP projections are held in 4 bits (the core sizes them); the adapters train."""
+    plan.base_bits = 4
 
 
 @hookimpl
