@@ -134,6 +134,17 @@ class TrainingPlan:
         per_token = (ACT_H * facts.hidden_size + ACT_I * facts.intermediate_size) * self.compute_bytes + facts.vocab_size * 4 * 2
         return tokens * per_token / MIB
 
+    def add_reference_model(self, method: str, copy: bool = False) -> None:
+        """Add a preference or RL method's reference model: a frozen copy of the model as loaded, unless
+        the model trains adapters (then the reference is the model with its adapter disabled: no memory)
+        and ``copy`` is False. Call it after the other methods set their shares (a ``wrapper=True``
+        implementation, after ``yield``)."""
+        if self.adds_parameters and not copy:
+            self.add("reference model (adapter disabled)", 0.0, "weights", "the model itself", method=method)
+            return
+        self.add("reference model", self.model_bytes(self.facts, self.base_bits) / MIB, "weights", "a frozen copy of the model", method=method)
+        self.add("reference forward", self.forward_mib(self.facts), "activations_and_other", "one layer and logits, no gradients", method=method)
+
     # ---------------------------------------------------------------- results
 
     def breakdown(self) -> dict[str, float]:

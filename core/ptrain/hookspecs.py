@@ -152,7 +152,11 @@ def plan_memory(plan: TrainingPlan) -> None:
         ``sequences_factor`` (2 for chosen and rejected), ``sequence_length``, ``vocab_logits``; and
         add the method's own terms with ``plan.add(name, mib, kind)`` (a teacher's or reference
         model's weights, generations), ``kind`` being one of the runs' ``memory_breakdown_mb`` parts.
-        ``plan.model_bytes(facts)`` and ``plan.forward_mib(facts)`` size another model.
+        ``plan.model_bytes(facts)`` and ``plan.forward_mib(facts)`` size another model;
+        ``plan.add_reference_model(method)`` adds a preference or RL method's reference.
+    :return: None: the plan is changed in place. A term that depends on other methods' shares (a
+        reference model is free when the model trains adapters) is added by a ``wrapper=True``
+        implementation after ``result = yield``, which returns ``result``.
 
     Result rule: every implementation is called, the methods' in recipe order, the core's last: the
     core adds the model's weights, gradients, optimizer state, activations (with or without gradient

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ptrain import LoadedModel, Recipe, RecipeError, ReportRow, Run
 
-from .adapters import AdapterMethod, LowRankSection, low_rank_parameters, check_probability, check_targets
+from .adapters import AdapterMethod, LowRankSection, check_probability, check_targets, low_rank_parameters
 
 RESIDUAL_INITS = ("pissa", "olora")
 """Initialisations that rewrite the base weights as a residual."""

@@ -17,6 +17,7 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     hookimpl,
     preference_metrics,
     training_arguments,
@@ -40,6 +41,12 @@ class ORPOSection:
 @hookimpl
 def recipe_sections() -> dict[str, type]:
     return {"orpo": ORPOSection}
+
+
+@hookimpl
+def plan_memory(plan: TrainingPlan) -> None:
+    """Chosen and rejected answers go through the model in one batch; no reference model."""
+    plan.sequences_factor = 2
 
 
 @hookimpl

@@ -19,7 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import Recipe, RecipeError, ReportRow, Run, TrainingPlan, hookimpl, release_checkpoint_file, resolve_dtype
+from ptrain import (
+    Recipe,
+    RecipeError,
+    ReportRow,
+    Run,
+    TrainingPlan,
+    hookimpl,
+    release_checkpoint_file,
+    resolve_dtype,
+)
 
 ADAPTER_METHOD = "lora"
 

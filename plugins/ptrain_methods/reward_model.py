@@ -20,6 +20,7 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     hookimpl,
     load_pretrained,
     reward_scores,
@@ -45,6 +46,13 @@ class RewardSection:
 @hookimpl
 def recipe_sections() -> dict[str, type]:
     return {"reward": RewardSection}
+
+
+@hookimpl
+def plan_memory(plan: TrainingPlan) -> None:
+    """Chosen and rejected answers in one batch, scored by a one-output head: no vocabulary logits."""
+    plan.sequences_factor = 2
+    plan.vocab_logits = False
 
 
 @hookimpl
