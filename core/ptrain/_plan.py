@@ -174,6 +174,7 @@ class TrainingPlan:
             "memory_breakdown_mb": self.breakdown(),
             "terms_mb": {f"{t.method}: {t.name}" if t.method != "core" else t.name: t.mib for t in self.terms},
             "sequence_length": self.sequence_length,
+            "prompt_length": self.prompt_length,
         }
 
 

@@ -6,9 +6,9 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from conftest import RECIPES
 
 import ptrain
+from conftest import RECIPES
 from ptrain.testing import tiny_recipe, validate
 
 GPT2_CONFIG = {
