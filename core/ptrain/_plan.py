@@ -15,8 +15,10 @@ tokens per sequence, ``L`` layers, ``H`` hidden size, ``I`` MLP width, ``V`` voc
   the rest at the compute dtype); adapters ``T x 4``;
 * gradients ``T x dtype``; optimizer state ``T x 8`` for AdamW (2 moments), 2 for 8-bit, 0 for SGD;
 * activations ``B S L (ACT_H H + ACT_I I) x act bytes`` without gradient checkpointing; with it
-  ``B S L H`` (the layers' inputs) plus one layer's full activations;
-* logits ``LOGIT_COPIES x B S V x 4`` (the fp32 logits, their log-softmax and its gradient);
+  ``B S L H`` (the layers' inputs) plus one layer's full activations. Gradients are allocated as
+  backward frees activations, so the activation term is net of the gradients (as the runs' breakdown,
+  whose remainder is the peak less weights, gradients and optimizer state);
+* logits ``LOGIT_COPIES x B S V x 4`` (the fp32 logits, their log-softmax, copies and gradients);
 * runtime: on CPU a measured constant for what the training loop allocates beside tensors (libraries
   imported after the baseline, the trainer, allocator slack); on CUDA 0 (allocated memory only).
 
@@ -40,12 +42,17 @@ MIB = 2**20
 KINDS = ("weights", "gradients", "optimizer_state", "activations_and_other")
 CPU_BASELINE_MB = 480.0
 """Resident memory of a process that imported torch, transformers, trl and peft (NOTES.md): the CPU baseline."""
-CPU_RUNTIME_MB = 185.0
-"""What a CPU training run allocates above the baseline beside its tensors, measured on the tiny recipes."""
-ACT_H, ACT_I = 16, 4
+CPU_RUNTIME_MB = 120.0
+"""What a CPU training run allocates above the baseline beside its tensors (libraries imported after the
+baseline, the trainer, allocator slack): fitted on the tiny recipes, where tensors are a few MiB."""
+ACT_H, ACT_I = 10, 3
 """Values kept per token and layer for backward: ``ACT_H`` of hidden width (norm inputs and outputs,
-q/k/v, attention output, residuals) and ``ACT_I`` of MLP width (gate, up, activation, product)."""
-LOGIT_COPIES = 3
+q/k/v, attention output, residuals) and ``ACT_I`` of MLP width (gate, up, their product). Fitted on
+SmolLM2-135M full fine-tuning on CPU (bench/README.md)."""
+LOGIT_COPIES = 9
+"""Vocabulary-wide fp32 tensors per token alive at the peak: the logits, their log-softmax, the trainer's
+shifted copy and entropy, and their gradients. Fitted on SmolLM2-135M with gradient checkpointing, where
+the logits dominate."""
 FOUR_BIT_BYTES = 0.5 + 4 / 64
 """Bytes per 4-bit parameter: the packed value and a float32 absmax per block of 64."""
 
@@ -210,7 +217,10 @@ def core_terms(plan: TrainingPlan) -> None:
     else:
         stored = tokens * facts.layers * per_layer * act
         formula = f"{tokens:,.0f} tokens x {facts.layers} layers x ({ACT_H}x{facts.hidden_size} + {ACT_I}x{facts.intermediate_size}) x {act} B"
-    plan.add("activations", stored / MIB, "activations_and_other", formula)
+    gradients = trainable * grad_bytes
+    if gradients > 0.05 * stored:
+        formula += " less the gradients, allocated as backward frees activations"
+    plan.add("activations", max(stored - gradients, 0.0) / MIB, "activations_and_other", formula)
     if plan.vocab_logits:
         plan.add(
             "logits", LOGIT_COPIES * tokens * facts.vocab_size * 4 / MIB, "activations_and_other",

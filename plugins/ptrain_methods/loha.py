@@ -27,6 +27,8 @@ def loha_config(section: LoHaSection, loaded: LoadedModel, run: Run) -> Any:
     return LoHaConfig(**lycoris_options(section, loaded, run, "loha"))
 
 
-METHOD = AdapterMethod("loha", LoHaSection, loha_config, trainable=lambda section, facts: low_rank_parameters(section, facts, 2))
+METHOD = AdapterMethod("loha", LoHaSection, loha_config, trainable=lambda section, facts: low_rank_parameters(section, facts, 2),
+    activation_share=0.6,
+)
 recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
 plan_memory = METHOD.plan_hook()

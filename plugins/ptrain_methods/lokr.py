@@ -41,6 +41,6 @@ def lokr_config(section: LoKrSection, loaded: LoadedModel, run: Run) -> Any:
     )
 
 
-METHOD = AdapterMethod("lokr", LoKrSection, lokr_config, trainable=low_rank_parameters)
+METHOD = AdapterMethod("lokr", LoKrSection, lokr_config, trainable=low_rank_parameters, activation_share=0.6)
 recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
 plan_memory = METHOD.plan_hook()

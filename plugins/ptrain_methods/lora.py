@@ -87,6 +87,7 @@ METHOD = AdapterMethod(
     check=check_composition,
     rewrites_base=lambda section: section.init in RESIDUAL_INITS,
     trainable=low_rank_parameters,
+    activation_share=0.6,
 )
 recipe_sections, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
 plan_memory = METHOD.plan_hook()
