@@ -390,7 +390,11 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
 )
 @click.option("--seq-len", type=click.IntRange(min=1), help="Tokens per sequence (default train.max_length, the most padding reaches).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: the facts, every term and the totals.")
-def plan(recipe: str, overrides: tuple[str, ...], device: str | None, seq_len: int | None, as_json: bool) -> None:
+@click.option(
+    "--measure-speed", is_flag=True,
+    help="First measure this machine's matmul throughput (imports torch, ~2 s; cached) for the time per step.",
+)
+def plan(recipe: str, overrides: tuple[str, ...], device: str | None, seq_len: int | None, as_json: bool, measure_speed: bool) -> None:
     """Predict RECIPE's training memory from its model's config and every method's terms; loads no weights.
 
     Exits 2 with one line naming the largest term and the recipe key that shrinks it most when the
@@ -399,6 +403,10 @@ def plan(recipe: str, overrides: tuple[str, ...], device: str | None, seq_len: i
     from ptrain._plan import parse_device, plan_training, shrink_advice
 
     loaded = _load(recipe, overrides)
+    if measure_speed:
+        from ptrain._plan import measure_matmul_gflops
+
+        console.print(f"matmul throughput: {measure_matmul_gflops():,.1f} GFLOP/s (fp32, cached for ptrain plan)")
     try:
         kind, limit = parse_device(device)
         if loaded.trainer_owner is None:
@@ -452,6 +460,12 @@ def print_plan(predicted: Any, limit: float | None = None, brief: bool = False) 
         f"baseline {predicted.baseline_mb:,.0f} MiB ({'allocated memory only: arithmetic, not measured here' if gpu else 'the imported libraries'}); "
         f"sequence length {predicted.sequence_length}" + (f"; device memory {limit:,.0f} MiB" if limit else "")
     )
+    timing = predicted.step_seconds()
+    flops = f"{predicted.step_flops() / 1e9:,.1f} GFLOP per optimizer step"
+    if timing:
+        console.print(f"time per step: about {timing[0]:,.2f} s ({flops} at the cached {timing[1]:,.1f} GFLOP/s fp32 matmul throughput)")
+    else:
+        console.print(f"time per step: {flops}; no matmul throughput cached for this device (ptrain plan --measure-speed measures it)")
 
 
 @cli.command(name="data")

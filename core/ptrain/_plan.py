@@ -172,9 +172,33 @@ class TrainingPlan:
     def peak_mb(self) -> float:
         return round(self.baseline_mb + self.above_baseline_mb, 1)
 
+    def step_flops(self) -> float:
+        """Floating-point operations of one optimizer step: ``2 x`` matmul parameters per token forward, the same
+        again for the activations' gradients, the trainable ones' weight gradients, a second forward under
+        gradient checkpointing, and attention's scores and weighted sums (``4 S H`` per token and layer, x3)."""
+        facts, train = self.facts, self.recipe.train
+        matmul = facts.linear_parameters + facts.vocab_size * facts.hidden_size
+        trainable = matmul if self.trainable_parameters is None else self.trainable_parameters
+        passes = 2 * matmul + 2 * matmul + 2 * trainable + (2 * matmul if train.gradient_checkpointing else 0)
+        attention = 3 * 4 * self.sequence_length * facts.hidden_size * facts.layers
+        return self.tokens_per_step * train.gradient_accumulation_steps * (passes + attention)
+
+    def step_seconds(self) -> tuple[float, float] | None:
+        """``(seconds per optimizer step, the matmul GFLOP/s it assumes)`` from this machine's cached matmul
+        throughput (``ptrain plan --measure-speed``), or None when none is cached or the plan is for another device."""
+        if self.device != this_device():
+            return None
+        measured = cached_matmul_gflops()
+        if not measured:
+            return None
+        return self.step_flops() / (measured * 1e9), measured
+
     def as_metrics(self) -> dict[str, Any]:
         """What ``metrics.json["train"]["predicted"]`` holds."""
+        timing = self.step_seconds()
         return {
+            "step_gflop": round(self.step_flops() / 1e9, 1),
+            "time_per_step_s": round(timing[0], 3) if timing else None,
             "device": self.device,
             "peak_memory_mb": self.peak_mb,
             "memory_above_baseline_mb": self.above_baseline_mb,
@@ -293,6 +317,60 @@ def sequence_lengths(dataset: Any, tokenizer: Any, max_length: int) -> tuple[int
         longest = max(longest, prompt_tokens + answer_tokens + 1)
         prompt_longest = max(prompt_longest, prompt_tokens)
     return min(longest, max_length), min(prompt_longest, max_length)
+
+
+def _speed_file() -> Any:
+    from ptrain._models import cache_dir
+
+    return cache_dir() / "facts" / "matmul.json"
+
+
+def _machine_key() -> str:
+    import os
+    import platform
+
+    threads = os.environ.get("OMP_NUM_THREADS") or str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    return f"{this_device()}|{platform.machine()}|{platform.processor() or ''}|threads={threads}"
+
+
+def cached_matmul_gflops() -> float | None:
+    """This machine's measured fp32 matmul throughput in GFLOP/s, if ``ptrain plan --measure-speed`` cached one."""
+    import json
+
+    try:
+        return float(json.loads(_speed_file().read_text(encoding="utf-8"))[_machine_key()]["gflops"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measure_matmul_gflops(size: int = 1024, seconds: float = 1.5) -> float:
+    """Measure and cache this machine's fp32 matmul throughput (imports torch; about two seconds)."""
+    import json
+    import time
+
+    import torch
+
+    device = "cuda" if this_device() == "cuda" else "cpu"
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.matmul(a, b)  # warm-up
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.matmul(a, b)
+        runs += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    gflops = 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
+    path = _speed_file()
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    known[_machine_key()] = {"gflops": round(gflops, 1), "size": size, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    from ptrain._artifacts import write_json
+
+    write_json(path, known)
+    return gflops
 
 
 def this_device() -> str:
