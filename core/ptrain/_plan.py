@@ -429,11 +429,12 @@ LEVERS: tuple[tuple[str, Any, str], ...] = (
 
 
 def shrink_advice(recipe: Recipe, plan: TrainingPlan, limit_mb: float) -> str:
-    """One line: the largest term, and the recipe key that shrinks the plan most, with the saving."""
+    """One line: the largest term, and the recipe key that shrinks that term most (ties: the whole plan most),
+    with what the whole plan saves."""
     import dataclasses
 
     largest = max(plan.terms, key=lambda t: t.mib)
-    best: tuple[float, str] | None = None
+    best: tuple[float, float, str] | None = None
     for key, value, _ in LEVERS:
         section_name, field_name = key.split(".")
         section = getattr(recipe, section_name)
@@ -442,18 +443,18 @@ def shrink_advice(recipe: Recipe, plan: TrainingPlan, limit_mb: float) -> str:
         if new == current:
             continue
         changed = _with_section(recipe, section_name, dataclasses.replace(section, **{field_name: new}))
-        other = plan_training(changed, device=plan.device, sequence_length=None if key == "train.max_length" else plan.sequence_length)
-        if key == "train.max_length":
-            other = plan_training(changed, device=plan.device, sequence_length=min(plan.sequence_length, new))
+        length = min(plan.sequence_length, new) if key == "train.max_length" else plan.sequence_length
+        other = plan_training(changed, device=plan.device, sequence_length=length, prompt_length=plan.prompt_length)
+        shrunk = largest.mib - sum(t.mib for t in other.terms if (t.name, t.method) == (largest.name, largest.method))
         saving = plan.above_baseline_mb - other.above_baseline_mb
-        if saving > 0 and (best is None or saving > best[0]):
+        if saving > 0 and (best is None or (shrunk, saving) > best[:2]):
             shown = str(new).lower() if isinstance(new, bool) else (repr(new) if isinstance(new, str) else str(new))
-            best = (saving, f"{key} = {shown}")
+            best = (shrunk, saving, f"{key} = {shown}")
     over = plan.peak_mb - limit_mb
     line = f"predicted peak {_gib(plan.peak_mb)} exceeds the device's {_gib(limit_mb)} by {_gib(over)}; largest term: {largest.name} ({_gib(largest.mib)})"
     if best is None:
         return line + "; no single recipe key shrinks it (use a smaller model, or an adapter method such as lora)"
-    return line + f"; {best[1]}: -{_gib(best[0])}"
+    return line + f"; {best[2]}: -{_gib(best[1])}"
 
 
 def _with_section(recipe: Recipe, name: str, section: Any) -> Recipe:

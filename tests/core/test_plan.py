@@ -164,13 +164,31 @@ def test_plan_cli_over_the_device_names_largest_term_and_key():
         "weights", "gradients", "optimizer_state", "activations_and_other"}
     assert figures["peak_memory_mb"] == pytest.approx(figures["memory_above_baseline_mb"] + 480, abs=0.2)
 
-    over = _run_cli("plan", str(RECIPES / "sft_tiny.toml"), "--device", "200MiB", "--set", "train.max_length=512",
-                    "--set", "train.batch_size=64")
+    over = _run_cli("plan", str(RECIPES / "sft_tiny.toml"), "--device", "200MiB", "--set", "train.batch_size=64")
     assert over.returncode == 2
     line = [x for x in over.stderr.splitlines() if "does not fit" in x]
     assert line, over.stderr
-    assert "largest term: activations" in line[0]
-    assert "train.gradient_checkpointing = true: -" in line[0]
+    assert "largest term: logits" in line[0] and "train.batch_size = 32: -" in line[0]  # checkpointing would not shrink logits
+
+
+def test_plan_names_gradient_checkpointing_where_activations_dominate(tmp_path, write_recipe):
+    from test_plugins import _run_cli
+
+    wide = {"model_type": "llama", "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+            "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 500, "max_position_embeddings": 1024}
+    (tmp_path / "wide").mkdir()
+    (tmp_path / "wide" / "config.json").write_text(json.dumps(wide))
+    recipe = write_recipe(
+        f'name = "wide"\nmethods = ["sft"]\n[model]\nname = "{tmp_path / "wide"}"\n[data]\nsource = "builtin:tasks"\n'
+        "[train]\nbatch_size = 16\nmax_length = 512\n"
+    )
+    over = _run_cli("plan", str(recipe), "--device", "1GiB")
+    assert over.returncode == 2, over.stderr
+    line = next(x for x in over.stderr.splitlines() if "does not fit" in x)
+    assert "largest term: activations" in line and "train.gradient_checkpointing = true: -" in line, line
+    assert "HEAVY=[]" in over.stderr
+
+
     bad = _run_cli("plan", str(RECIPES / "sft_tiny.toml"), "--device", "lots")
     assert bad.returncode == 2 and "--device 'lots'" in bad.stderr
 
