@@ -177,7 +177,10 @@ def _hub(name: str, revision: str | None) -> ModelFacts:
     try:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(name, "config.json", revision=revision)
+        try:  # the cached copy first: no network round trip when the config was fetched before
+            path = hf_hub_download(name, "config.json", revision=revision, local_files_only=True)
+        except Exception:
+            path = hf_hub_download(name, "config.json", revision=revision)
     except ImportError:
         raise FactsUnavailable(f"model {name!r}: huggingface_hub is not installed; {why}") from None
     except Exception as err:  # offline, unknown repo, gated: all mean the same here
