@@ -214,3 +214,23 @@ def test_predicted_memory_within_bound_of_measured(tmp_path, recipe):
     assert 0.8 <= ratio <= 1.2, (predicted, train["memory_above_baseline_mb"])
     rows = {r["key"] for r in metrics["report"]}
     assert "train.predicted.memory_above_baseline_mb" in rows  # ptrain compare shows it beside the measured row
+
+
+def test_model_facts_of_a_gguf_file(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in {"block_count": 2, "embedding_length": 64, "feed_forward_length": 128, "context_length": 256,
+                       "attention.head_count": 4, "attention.head_count_kv": 2, "vocab_size": 100}.items():
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_tensor("token_embd.weight", np.zeros((100, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    facts = ptrain.model_facts(str(path))
+    assert (facts.source, facts.layers, facts.hidden_size, facts.kv_heads, facts.vocab_size) == ("gguf", 2, 64, 2, 100)
+    assert facts.tied_embeddings  # no output.weight tensor: the head is the embedding
+    assert facts.parameters["mlp"] == 2 * 3 * 64 * 128
