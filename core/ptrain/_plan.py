@@ -283,7 +283,12 @@ def plan_training(
     :param sequence_length: tokens per sequence; default ``train.max_length`` (padding reaches at most that).
     :raise FactsUnavailable: the model's facts cannot be known before loading.
     """
-    facts = model_facts(recipe)
+    from ptrain._facts import FactsUnavailable
+
+    try:
+        facts = model_facts(recipe)
+    except FactsUnavailable as err:
+        raise FactsUnavailable(f"model.name: {err}; ptrain plan needs the model's config.json") from None
     assert facts is not None
     length = sequence_length or recipe.train.max_length
     if facts.max_positions:
