@@ -39,6 +39,7 @@ from ptrain._evaluation import (
     task_scores,
     valid_json,
 )
+from ptrain._facts import FactsUnavailable, ModelFacts, model_facts
 from ptrain._formats import (
     ALPACA_TEMPLATE,
     ALPACA_TEMPLATE_NO_INPUT,
@@ -57,6 +58,7 @@ from ptrain._models import (
     resolve_dtype,
 )
 from ptrain._paths import is_local
+from ptrain._plan import MemoryTerm, TrainingPlan
 from ptrain._recipe import Recipe
 from ptrain._rewards import answer_text, check_rewards
 from ptrain._run import Run
@@ -89,6 +91,8 @@ __all__ = [
     "PtrainError", "UsageError", "RecipeError", "DataError",
     # checks at validation (nothing heavy)
     "check_template", "check_model_name", "is_local",
+    # model facts without weights, and the memory plan (nothing heavy)
+    "model_facts", "ModelFacts", "FactsUnavailable", "TrainingPlan", "MemoryTerm",
     # models
     "load_pretrained", "model_location", "resolve_dtype", "unfit_4bit_layers", "release_checkpoint_file", "frozen_copy", "is_adapter_model",
     # data

@@ -79,6 +79,7 @@ def cli() -> None:
     \b
     ptrain run recipes/sft_tiny.toml      train as the recipe says
     ptrain validate RECIPE                check a recipe without running it
+    ptrain plan RECIPE                    predicted training memory, before anything loads
     ptrain data RECIPE                    training examples as the model sees them
     ptrain list                           installed methods
     ptrain new-plugin NAME --kind K       scaffold a plugin package (trainer, modifier, data, reward, evaluator)
@@ -292,6 +293,8 @@ def _run_one(
     router = _route_library_output(verbose)
     warnings_before = router.warnings
     console.print(f"[bold]ptrain run[/] {escape(loaded.name)}: methods {escape(', '.join(loaded.methods))} on {escape(loaded.model.name)}")
+    if main_process and loaded.trainer_owner is not None:
+        _print_run_plan(loaded)
     from ptrain._lifecycle import execute, run_path
     from ptrain._rundir import AlreadyFinished
 
@@ -333,6 +336,16 @@ def _run_one(
         )
     console.print(f"run directory: [bold]{escape(str(result.dir))}[/]")
     return str(result.dir)
+
+
+def _print_run_plan(loaded: Any) -> None:
+    """The plan's one-line figures at the top of a run; a model whose facts only loading tells is said so."""
+    from ptrain._plan import plan_training
+
+    try:
+        print_plan(plan_training(loaded), brief=True)
+    except UsageError as err:
+        console.print(f"predicted training memory: {escape(clip(str(err), 200))}")
 
 
 def launch_command(nproc: int, args: list[str], nodes: tuple[int, int, str] | None = None) -> list[str]:
@@ -465,6 +478,93 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
     if show:
         console.print(loaded.to_toml(), markup=False, highlight=False)
     console.print(f"[green]ok[/]: {escape(recipe)} (methods: {escape(', '.join(loaded.methods))})")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (repeatable).")
+@click.option(
+    "--device", metavar="cpu|cuda|<N>GiB",
+    help="Plan for this device: cpu (this machine's memory), cuda, or a GPU by its memory (24GiB). Default: this machine.",
+)
+@click.option("--seq-len", type=click.IntRange(min=1), help="Tokens per sequence (default train.max_length, the most padding reaches).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: the facts, every term and the totals.")
+@click.option(
+    "--measure-speed", is_flag=True,
+    help="First measure this machine's matmul throughput (imports torch, ~2 s; cached) for the time per step.",
+)
+def plan(recipe: str, overrides: tuple[str, ...], device: str | None, seq_len: int | None, as_json: bool, measure_speed: bool) -> None:
+    """Predict RECIPE's training memory from its model's config and every method's terms; loads no weights.
+
+    Exits 2 with one line naming the largest term and the recipe key that shrinks it most when the
+    prediction exceeds the device's memory.
+    """
+    from ptrain._plan import parse_device, plan_training, shrink_advice
+
+    loaded = _load(recipe, overrides)
+    if measure_speed:
+        from ptrain._plan import measure_matmul_gflops
+
+        console.print(f"matmul throughput: {measure_matmul_gflops():,.1f} GFLOP/s (fp32, cached for ptrain plan)")
+    try:
+        kind, limit = parse_device(device)
+        if loaded.trainer_owner is None:
+            raise UsageError(f"{recipe}: no method in methods = {loaded.methods!r} trains, so there is no training memory to plan")
+        predicted = plan_training(loaded, device=kind, sequence_length=seq_len)
+    except UsageError as err:
+        fail_usage(err)
+    if kind is None and predicted.device == "cpu":
+        from ptrain._plan import _system_memory_mb
+
+        limit = _system_memory_mb()
+    if as_json:
+        click.echo(json.dumps({"facts": predicted.facts.as_dict(), **predicted.as_metrics(), "limit_mb": limit}, indent=2))
+    else:
+        print_plan(predicted, limit)
+    if limit is not None and predicted.peak_mb > limit:
+        err_console.print(f"[bold red]does not fit:[/] {escape(shrink_advice(loaded, predicted, limit))}", soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+
+
+def print_plan(predicted: Any, limit: float | None = None, brief: bool = False) -> None:
+    """The plan as a table of terms (``brief``: one line), figures as the runs' breakdown has them."""
+    facts = predicted.facts
+    parts = predicted.breakdown()
+    summary = (
+        f"predicted training memory on {predicted.device}: peak {predicted.peak_mb:,.0f} MiB, "
+        f"{predicted.above_baseline_mb:,.0f} MiB above the baseline ("
+        + ", ".join(f"{k.replace('_', ' ')} {v:,.0f}" for k, v in parts.items()) + ")"
+    )
+    if brief:
+        console.print(escape(summary))
+        return
+    console.print(
+        f"[bold]{escape(facts.name)}[/]: {escape(facts.architecture)}, {facts.layers} layers, hidden {facts.hidden_size}, "
+        f"{facts.heads} heads ({facts.kv_heads} kv), MLP {facts.intermediate_size}, vocabulary {facts.vocab_size:,}, "
+        f"{facts.total_parameters:,} parameters ({escape(facts.dtype)}{', tied head' if facts.tied_embeddings else ''})"
+        + ("" if facts.exact else " [yellow](layout not known exactly: counted as llama)[/]")
+    )
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+    table.add_column("term")
+    table.add_column("kind")
+    table.add_column("MiB", justify="right")
+    table.add_column("from")
+    for term in predicted.terms:
+        who = f"{term.method}: " if term.method != "core" else ""
+        table.add_row(escape(who + term.name), term.kind, f"{term.mib:,.1f}", escape(term.formula))
+    console.print(table)
+    console.print(escape(summary))
+    gpu = predicted.device == "cuda"
+    console.print(
+        f"baseline {predicted.baseline_mb:,.0f} MiB ({'allocated memory only: arithmetic, not measured here' if gpu else 'the imported libraries'}); "
+        f"sequence length {predicted.sequence_length}" + (f"; device memory {limit:,.0f} MiB" if limit else "")
+    )
+    timing = predicted.step_seconds()
+    flops = f"{predicted.step_flops() / 1e9:,.1f} GFLOP per optimizer step"
+    if timing:
+        console.print(f"time per step: about {timing[0]:,.2f} s ({flops} at the cached {timing[1]:,.1f} GFLOP/s fp32 matmul throughput)")
+    else:
+        console.print(f"time per step: {flops}; no matmul throughput cached for this device (ptrain plan --measure-speed measures it)")
 
 
 @cli.command(name="data")

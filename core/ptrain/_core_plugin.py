@@ -19,6 +19,7 @@ from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, Repor
 from ptrain.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from ptrain._plan import TrainingPlan
     from ptrain._recipe import Recipe
     from ptrain._run import Run
 
@@ -59,6 +60,13 @@ def validate_recipe(recipe: Recipe) -> None:
     check_recipe(recipe)
 
 
+@hookimpl(trylast=True)
+def plan_memory(plan: TrainingPlan) -> None:
+    from ptrain._plan import core_terms
+
+    core_terms(plan)
+
+
 @hookimpl
 def data_formats() -> list[DataFormat]:
     return CORE_FORMATS
@@ -86,6 +94,7 @@ def report_rows() -> list[ReportRow]:
         ReportRow("training time (s)", "train.train_time_s", chart="panel"),
         ReportRow("peak training memory (MiB)", "train.peak_memory_mb"),
         ReportRow("training memory above baseline (MiB)", "train.memory_above_baseline_mb"),
+        ReportRow("predicted memory above baseline (MiB)", "train.predicted.memory_above_baseline_mb"),
         ReportRow("size on disk (MiB)", "final.model_size_mb"),
         ReportRow("inference memory (MiB)", "final.memory_footprint_mb", chart="panel"),
         ReportRow("generation tokens/s", "final.generation_tokens_per_s", chart="panel"),

@@ -264,6 +264,9 @@ def _stages(run: Run) -> None:
     train_rows = len(run.train_dataset) if hasattr(run.train_dataset, "__len__") else "streamed"
     log.info("data: %s train rows, %d eval rows", train_rows, len(run.eval_dataset))
 
+    if recipe.trainer_owner is not None:
+        run._core.plan = predicted_plan(run)
+
     if recipe.eval.base and run.is_main_process:
         _evaluate(run, "base")
 
@@ -318,6 +321,22 @@ def _stages(run: Run) -> None:
     scrubbed = scrub_files(run.dir)  # what libraries wrote themselves (adapter_config.json's init text, a token-shaped path)
     if scrubbed:
         log.info("redacted secrets in %d file(s) written by libraries: %s", len(scrubbed), ", ".join(p.name for p in scrubbed[:5]))
+
+
+def predicted_plan(run: Run) -> Any:
+    """The memory plan for the sequences this run's data makes (its longest, up to ``train.max_length``),
+    recorded beside what training measures; None when the model's facts are unknown before loading."""
+    from ptrain._facts import FactsUnavailable
+    from ptrain._plan import plan_training, sequence_lengths
+
+    try:
+        longest, prompt = sequence_lengths(run.train_dataset, run.tokenizer, run.recipe.train.max_length)
+        return plan_training(run.recipe, sequence_length=longest, prompt_length=prompt)
+    except FactsUnavailable as err:
+        log.info("no memory prediction: %s", err)
+    except Exception:  # a prediction must never stop a run
+        log.debug("memory prediction failed", exc_info=True)
+    return None
 
 
 def report_rows(recipe: Recipe) -> list[Any]:
@@ -499,6 +518,8 @@ def _train(run: Run) -> None:
         "sharded": sharded,
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
+    if run._core.plan is not None:
+        run.metrics["train"]["predicted"] = run._core.plan.as_metrics()
     if sharded:
         from ptrain._distributed import gather_full_model
 

@@ -24,6 +24,8 @@ class CoreState:
     on_started: Callable[[], None] | None = None
     """Called when training starts (the run directory drops the run it replaced)."""
     memory_baseline_mb: float | None = None
+    plan: Any = None
+    """The predicted training memory (:class:`ptrain.TrainingPlan`) for the data this run trains on, or None."""
     """Memory in use before the model loaded: the zero of every ``above baseline`` figure."""
     generations: dict[str, list[str]] = field(default_factory=dict)
     scores: dict[str, list[float]] = field(default_factory=dict)

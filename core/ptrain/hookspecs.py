@@ -25,6 +25,8 @@ When hooks fire::
       recipe_sections, method_traits, data_formats, data_sources,
       reward_functions                                                 -> the recipe is checked
       validate_recipe(recipe)                                          -> whole-recipe checks
+    ptrain plan / ptrain run (nothing heavy imported, no weights read)
+      plan_memory(plan)        -> the predicted training memory, term by term
       (local data files are read and every row normalised: errors name file and line)
     ptrain run
       load_model(run)          -> run.model, run.tokenizer
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from ptrain._plan import TrainingPlan
     from ptrain._recipe import Recipe
     from ptrain._run import Run
     from ptrain._types import (
@@ -177,6 +180,30 @@ def report_rows() -> list[ReportRow]:
     Result rule: all results are collected, the core's rows first, then the methods' in recipe
     order. A finished run saves them in ``metrics.json`` (``report``), so ``compare`` shows them
     even where the plugin is no longer installed.
+    """
+
+
+@hookspec
+def plan_memory(plan: TrainingPlan) -> None:
+    """Add this method's part of the recipe's predicted training memory (``ptrain plan``, the top of ``ptrain run``).
+
+    :param plan: a :class:`ptrain.TrainingPlan`: ``plan.recipe``, ``plan.facts`` (the model's
+        :class:`ptrain.ModelFacts`), ``plan.device`` (``cpu`` or ``cuda``), ``plan.sequence_length``.
+        Set the shares the core's terms are computed from: ``trainable_parameters`` (with
+        ``adds_parameters = True`` for new adapter weights), ``base_bits`` (4 for a 4-bit base),
+        ``sequences_factor`` (2 for chosen and rejected), ``sequence_length``, ``vocab_logits``; and
+        add the method's own terms with ``plan.add(name, mib, kind)`` (a teacher's or reference
+        model's weights, generations), ``kind`` being one of the runs' ``memory_breakdown_mb`` parts.
+        ``plan.model_bytes(facts)`` and ``plan.forward_mib(facts)`` size another model;
+        ``plan.add_reference_model(method)`` adds a preference or RL method's reference.
+    :return: None: the plan is changed in place. A term that depends on other methods' shares (a
+        reference model is free when the model trains adapters) is added by a ``wrapper=True``
+        implementation after ``result = yield``, which returns ``result``.
+
+    Result rule: every implementation is called, the methods' in recipe order, the core's last: the
+    core adds the model's weights, gradients, optimizer state, activations (with or without gradient
+    checkpointing), logits and, on CPU, the runtime's own memory from the shares the methods set.
+    Runs before anything heavy is imported: use facts (:func:`ptrain.model_facts`), never load a model.
     """
 
 

@@ -30,10 +30,12 @@ from typing import Any
 
 from ptrain import (
     LoadedModel,
+    ModelFacts,
     Recipe,
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     atomic_dir,
     dir_size,
     hookimpl,
@@ -151,6 +153,14 @@ class VirtualTokensSection:
             raise RecipeError(f"must be in [1, 512], got {self.num_virtual_tokens}; typical values are 8 to 100", key="num_virtual_tokens")
 
 
+def low_rank_parameters(section: Any, facts: ModelFacts, factor: int = 1) -> int:
+    """Parameters of rank-``r`` adapters on the projections ``section.target_modules`` names: ``r x (in + out)``
+    per projection and layer (``factor`` such pairs each: LoHa has two)."""
+    shapes = facts.matching_projections(section.target_modules)
+    extra = sum(out for _, out in shapes) if getattr(section, "use_dora", False) else 0  # DoRA's magnitude vectors
+    return facts.layers * (factor * section.r * sum(i + o for i, o in shapes) + extra)
+
+
 # ------------------------------------------------------------------ target modules
 
 
@@ -251,6 +261,9 @@ class AdapterMethod:
     :param check: ``check(recipe)``, the method's own whole-recipe checks.
     :param rewrites_base: ``rewrites_base(section)``: the adapter's initialisation moved part of
         the base weights into the adapter (PiSSA, OLoRA), so the base model is the model *with* it.
+    :param trainable: ``trainable(section, facts)``: the adapter's parameter count, for ``plan_memory``.
+    :param activation_share: the adapters' own activations, as a share of the adapted projections'
+        outputs per token (measured: 0.6 for LoRA on CPU).
     """
 
     def __init__(
@@ -264,10 +277,37 @@ class AdapterMethod:
         prepare: Callable[[Any, Any, LoadedModel], None] | None = None,
         check: Callable[[Recipe], None] | None = None,
         rewrites_base: Callable[[Any], bool] = lambda section: False,
+        trainable: Callable[[Any, ModelFacts], int] | None = None,
+        activation_share: float = 0.0,
     ):
         self.name, self.section, self.config = name, section, config
         self.prompt_learning, self.rows, self.prepare, self.check = prompt_learning, [ADAPTER_SIZE, ADAPTER_WEIGHTS, *rows], prepare, check
         self.rewrites_base = rewrites_base
+        self.trainable = trainable
+        self.activation_share = activation_share
+        _METHODS[name] = self
+
+    def plan_hook(self) -> Callable[..., Any]:
+        """The method's ``plan_memory``: its adapters are what trains (``trainable(section, facts)`` counts them)."""
+
+        @hookimpl
+        def plan_memory(plan: TrainingPlan) -> None:
+            section = plan.recipe.section(self.name)
+            plan.trainable_parameters = self.trainable(section, plan.facts) if self.trainable else 0
+            plan.adds_parameters = True
+            if self.prompt_learning:
+                plan.sequence_length += section.num_virtual_tokens
+            if self.activation_share and hasattr(section, "target_modules"):
+                outputs = sum(o for _, o in plan.facts.matching_projections(section.target_modules))
+                values = plan.tokens_per_step * plan.facts.layers * outputs * self.activation_share
+                if plan.recipe.train.gradient_checkpointing:
+                    values /= plan.facts.layers  # recomputed layer by layer
+                plan.add(
+                    "adapter activations", values * plan.compute_bytes / 2**20, "activations_and_other",
+                    f"{self.activation_share:g} x the adapted projections' outputs per token and layer", method=self.name,
+                )
+
+        return plan_memory
 
     def hooks(self) -> tuple[Callable[..., Any], ...]:
         """``recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export``, for the method's module."""

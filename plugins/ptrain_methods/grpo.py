@@ -29,6 +29,7 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     check_model_name,
     check_rewards,
     hookimpl,
@@ -93,6 +94,25 @@ class GRPOSection:
 @hookimpl
 def recipe_sections() -> dict[str, type]:
     return {"grpo": GRPOSection}
+
+
+@hookimpl(wrapper=True)
+def plan_memory(plan: TrainingPlan) -> Any:
+    """Each step trains on ``train.batch_size`` sampled completions of up to ``max_completion_length`` tokens after
+    their prompts, generated with a KV cache; ``beta > 0`` adds a reference model."""
+    section: GRPOSection = plan.recipe.section("grpo")
+    plan.sequence_length = plan.prompt_length + section.max_completion_length
+    result = yield
+    facts = plan.facts
+    cache = plan.recipe.train.batch_size * plan.sequence_length * facts.layers * 2 * facts.kv_heads * facts.head_dim * plan.compute_bytes
+    plan.add(
+        "generation KV cache", cache / 2**20, "activations_and_other",
+        f"{plan.recipe.train.batch_size} completions x {plan.sequence_length} tokens x {facts.layers} layers x keys and values",
+        method="grpo",
+    )
+    if section.beta > 0:
+        plan.add_reference_model("grpo")
+    return result
 
 
 @hookimpl

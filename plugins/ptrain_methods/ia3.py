@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ptrain import LoadedModel, RecipeError, Run
+from ptrain import LoadedModel, ModelFacts, RecipeError, Run
 
 from .adapters import AdapterMethod, check_target_modules, check_targets, linear_module_names
 
@@ -85,5 +85,18 @@ def ia3_config(section: IA3Section, loaded: LoadedModel, run: Run) -> Any:
     return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward)
 
 
-METHOD = AdapterMethod("ia3", IA3Section, ia3_config)
+def ia3_parameters(section: IA3Section, facts: ModelFacts) -> int:
+    """One scaling vector per targeted projection and layer: its output width, its input width for a feed-forward one
+    (``auto``: keys, values and the MLP's down projection, peft's choice for llama-like models)."""
+    targets = ["k_proj", "v_proj", "down_proj"] if section.target_modules == AUTO else section.target_modules
+    feedforward = ["down_proj"] if section.feedforward_modules == AUTO else section.feedforward_modules
+    total = 0
+    for target in [targets] if isinstance(targets, str) else targets:
+        shapes = facts.matching_projections(target if isinstance(targets, str) else [target])
+        total += sum(i if target in feedforward else o for i, o in shapes)
+    return facts.layers * total
+
+
+METHOD = AdapterMethod("ia3", IA3Section, ia3_config, trainable=ia3_parameters)
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

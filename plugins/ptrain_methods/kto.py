@@ -20,6 +20,7 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     completion_logprobs,
     frozen_copy,
     hookimpl,
@@ -59,6 +60,15 @@ class KTOSection:
 @hookimpl
 def recipe_sections() -> dict[str, type]:
     return {"kto": KTOSection}
+
+
+@hookimpl(wrapper=True)
+def plan_memory(plan: TrainingPlan) -> Any:
+    """A reference model (a frozen copy, or the model with its adapter disabled) and the KL estimate's extra forward."""
+    result = yield
+    plan.add("KL forward", plan.forward_mib(plan.facts), "activations_and_other", "mismatched pairs, no gradients", method="kto")
+    plan.add_reference_model("kto")
+    return result
 
 
 @hookimpl

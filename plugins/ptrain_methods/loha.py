@@ -13,7 +13,7 @@ from typing import Any
 
 from ptrain import LoadedModel, Run
 
-from .adapters import AdapterMethod, LycorisSection, lycoris_options
+from .adapters import AdapterMethod, LycorisSection, low_rank_parameters, lycoris_options
 
 
 @dataclass
@@ -27,5 +27,8 @@ def loha_config(section: LoHaSection, loaded: LoadedModel, run: Run) -> Any:
     return LoHaConfig(**lycoris_options(section, loaded, run, "loha"))
 
 
-METHOD = AdapterMethod("loha", LoHaSection, loha_config)
+METHOD = AdapterMethod("loha", LoHaSection, loha_config, trainable=lambda section, facts: low_rank_parameters(section, facts, 2),
+    activation_share=0.6,
+)
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

@@ -13,7 +13,7 @@ from typing import Any
 
 from ptrain import LoadedModel, RecipeError, Run
 
-from .adapters import AdapterMethod, LycorisSection, lycoris_options
+from .adapters import AdapterMethod, LycorisSection, low_rank_parameters, lycoris_options
 
 
 @dataclass
@@ -41,5 +41,6 @@ def lokr_config(section: LoKrSection, loaded: LoadedModel, run: Run) -> Any:
     )
 
 
-METHOD = AdapterMethod("lokr", LoKrSection, lokr_config)
+METHOD = AdapterMethod("lokr", LoKrSection, lokr_config, trainable=low_rank_parameters, activation_share=0.6)
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ptrain import LoadedModel, Recipe, RecipeError, ReportRow, Run
 
-from .adapters import AdapterMethod, LowRankSection, check_probability, check_targets
+from .adapters import AdapterMethod, LowRankSection, check_probability, check_targets, low_rank_parameters
 
 RESIDUAL_INITS = ("pissa", "olora")
 """Initialisations that rewrite the base weights as a residual."""
@@ -87,5 +87,8 @@ METHOD = AdapterMethod(
     rows=[ReportRow("LoRA trainable share (%)", "lora.trainable_percent")],
     check=check_composition,
     rewrites_base=lambda section: section.init in RESIDUAL_INITS,
+    trainable=low_rank_parameters,
+    activation_share=0.6,
 )
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

@@ -17,6 +17,7 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     hookimpl,
     preference_metrics,
     training_arguments,
@@ -45,6 +46,12 @@ def recipe_sections() -> dict[str, type]:
 @hookimpl
 def method_traits() -> list[str]:
     return ["needs_pairs"]
+
+
+@hookimpl
+def plan_memory(plan: TrainingPlan) -> None:
+    """Chosen and rejected answers go through the model in one batch; no reference model."""
+    plan.sequences_factor = 2
 
 
 @hookimpl

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import LoadedModel, RecipeError, Run
+from ptrain import LoadedModel, ModelFacts, RecipeError, Run
 
 from .adapters import AdapterMethod, VirtualTokensSection, check_probability
 
@@ -60,5 +60,16 @@ def p_tuning_config(section: PTuningSection, loaded: LoadedModel, run: Run) -> A
     )
 
 
-METHOD = AdapterMethod("p_tuning", PTuningSection, p_tuning_config, prompt_learning=True)
+def p_tuning_parameters(section: PTuningSection, facts: ModelFacts) -> int:
+    """The virtual tokens' embeddings and the encoder that produces them (an MLP of two hidden layers, or an LSTM then one)."""
+    h, w = facts.hidden_size, section.encoder_hidden_size or facts.hidden_size
+    tokens = section.num_virtual_tokens * h
+    if section.encoder == "mlp":
+        return tokens + (h * w + w) + (w * w + w) + (w * h + h)
+    lstm = 2 * 4 * (w * (h + w) + 2 * w) * section.encoder_layers
+    return tokens + lstm + (2 * w * 2 * w + 2 * w) + (2 * w * h + h)
+
+
+METHOD = AdapterMethod("p_tuning", PTuningSection, p_tuning_config, prompt_learning=True, trainable=p_tuning_parameters)
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

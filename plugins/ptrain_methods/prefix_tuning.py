@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import LoadedModel, Recipe, RecipeError, Run
+from ptrain import LoadedModel, ModelFacts, Recipe, RecipeError, Run
 
 from .adapters import AdapterMethod, VirtualTokensSection
 
@@ -92,7 +92,19 @@ def check_composition(recipe: Recipe) -> None:
         )
 
 
+def prefix_parameters(section: PrefixTuningSection, facts: ModelFacts) -> int:
+    """A key and a value per virtual token, head and layer (the projection's MLP, when on, trains too)."""
+    prefixes = section.num_virtual_tokens * facts.layers * 2 * facts.kv_heads * facts.head_dim
+    if not section.projection:
+        return prefixes
+    width = section.projection_hidden_size or facts.hidden_size
+    out = facts.layers * 2 * facts.kv_heads * facts.head_dim
+    return section.num_virtual_tokens * facts.hidden_size + facts.hidden_size * width + width + width * out + out
+
+
 METHOD = AdapterMethod(
-    "prefix_tuning", PrefixTuningSection, prefix_tuning_config, prompt_learning=True, prepare=text_init, check=check_composition
+    "prefix_tuning", PrefixTuningSection, prefix_tuning_config, prompt_learning=True, prepare=text_init, check=check_composition,
+    trainable=prefix_parameters,
 )
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

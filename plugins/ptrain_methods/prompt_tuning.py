@@ -58,5 +58,8 @@ def text_init(peft_model: Any, section: PromptTuningSection, loaded: LoadedModel
         embedding.weight.copy_(words.to(embedding.weight.dtype))
 
 
-METHOD = AdapterMethod("prompt_tuning", PromptTuningSection, prompt_tuning_config, prompt_learning=True, prepare=text_init)
+METHOD = AdapterMethod("prompt_tuning", PromptTuningSection, prompt_tuning_config, prompt_learning=True, prepare=text_init,
+    trainable=lambda section, facts: section.num_virtual_tokens * facts.hidden_size,
+)
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
+plan_memory = METHOD.plan_hook()

@@ -19,7 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptrain import Recipe, RecipeError, ReportRow, Run, hookimpl, release_checkpoint_file, resolve_dtype
+from ptrain import (
+    Recipe,
+    RecipeError,
+    ReportRow,
+    Run,
+    TrainingPlan,
+    hookimpl,
+    release_checkpoint_file,
+    resolve_dtype,
+)
 
 ADAPTER_METHOD = "lora"
 """The adapter method suggested when a recipe has none (any method with trait ``adds_adapters`` will do)."""
@@ -45,6 +54,21 @@ def recipe_sections() -> dict[str, type]:
 @hookimpl
 def method_traits() -> list[str]:
     return ["quantizes_base"]
+
+
+@hookimpl
+def plan_memory(plan: TrainingPlan) -> None:
+    """The base's attention and MLP projections are held in 4 bits (the core sizes them); the adapters train.
+    Each 4-bit matmul de-quantizes its weight (one layer's at a time), and on CPU bitsandbytes' own code and
+    buffers load after the baseline (measured about 35 MiB)."""
+    plan.base_bits = 4
+    facts = plan.facts
+    plan.add(
+        "de-quantized layer", 2 * facts.linear_parameters / facts.layers * plan.compute_bytes / 2**20, "activations_and_other",
+        "one layer's projections at the compute dtype, forward and backward", method="qlora",
+    )
+    if plan.device == "cpu":
+        plan.add("bitsandbytes runtime", 35.0, "activations_and_other", "measured on CPU", method="qlora")
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     hookimpl,
     load_pretrained,
     reward_scores,
@@ -50,6 +51,13 @@ def recipe_sections() -> dict[str, type]:
 @hookimpl
 def method_traits() -> list[str]:
     return ["needs_pairs"]
+
+
+@hookimpl
+def plan_memory(plan: TrainingPlan) -> None:
+    """Chosen and rejected answers in one batch, scored by a one-output head: no vocabulary logits."""
+    plan.sequences_factor = 2
+    plan.vocab_logits = False
 
 
 @hookimpl

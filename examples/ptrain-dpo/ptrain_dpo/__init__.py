@@ -16,6 +16,7 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     completion_logprobs,
     frozen_copy,
     hookimpl,
@@ -65,6 +66,18 @@ class DPOSection:
 @hookimpl
 def recipe_sections() -> dict[str, type]:
     return {"dpo": DPOSection}
+
+
+@hookimpl(wrapper=True)
+def plan_memory(plan: TrainingPlan) -> Any:
+    """Chosen and rejected answers in one batch; the reference model, unless it is the model with its adapter
+    disabled or its log-probabilities are computed before training."""
+    plan.sequences_factor = 2
+    result = yield
+    section: DPOSection = plan.recipe.section("dpo")
+    if section.reference == "copy" or not (plan.adds_parameters or section.precompute_reference):
+        plan.add_reference_model("dpo", copy=True)
+    return result
 
 
 @hookimpl

@@ -27,9 +27,11 @@ from ptrain import (
     RecipeError,
     ReportRow,
     Run,
+    TrainingPlan,
     UsageError,
     check_model_name,
     hookimpl,
+    model_facts,
     model_location,
     to_dataset,
     training_arguments,
@@ -87,6 +89,21 @@ class DistillSection:
 @hookimpl
 def recipe_sections() -> dict[str, type]:
     return {"distill": DistillSection}
+
+
+@hookimpl
+def plan_memory(plan: TrainingPlan) -> None:
+    """The frozen teacher stays in memory while the student trains; logit and ULD modes also run it forward every step."""
+    section: DistillSection = plan.recipe.section("distill")
+    teacher = model_facts(section.teacher, required=False)
+    if teacher is None:
+        plan.add("teacher (unknown before loading)", 0.0, "weights", f"{section.teacher}: cannot know before loading", method="distill")
+        return
+    bits = {"none": None, "8bit": 8, "4bit": 4}[section.teacher_load_in]
+    plan.add("teacher weights", plan.model_bytes(teacher, bits) / 2**20, "weights", f"{teacher.total_parameters:,} parameters", method="distill")
+    same = teacher.vocab_size == plan.facts.vocab_size
+    if section.mode in ("logit", "uld") or (section.mode == "auto" and same):
+        plan.add("teacher forward", plan.forward_mib(teacher), "activations_and_other", "one layer and the teacher's logits, no gradients", method="distill")
 
 
 @hookimpl
