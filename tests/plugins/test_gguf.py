@@ -82,3 +82,28 @@ def test_types_are_checked_at_validation():
     with pytest.raises(RecipeError, match=r"ptrain\[llamacpp\]"):
         validate(tiny_recipe(["gguf"], gguf={"types": ["bf16", "q4_k_m"]}))
     validate(tiny_recipe(["gguf"], gguf={"types": ["f16", "q4_0"]}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_a_byte_level_tokenizer_and_qwen2_export_and_check(model_type, tmp_path):
+    """SmolLM2 / Llama 3 / Qwen2 use byte-level BPE: written as ``gpt2`` with its merges; Qwen2 has q/k/v biases.
+    (transformers rebuilds a qwen2 file's tokenizer with Qwen2's split rule: written as ``pre = "qwen2"``, else the
+    round-trip check fails on these texts.)"""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ptrain._models import model_location
+
+    tokenizer = AutoTokenizer.from_pretrained(model_location("builtin:tiny-gpt2"))
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    source = tmp_path / "source"
+    AutoModelForCausalLM.from_config(config).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    recipe = tiny_recipe(["gguf"], data={"num_examples": 40, "eval_size": 4},
+                         gguf={"types": ["f16"], "source": str(source), "prompts": 4, "name": "tiny"})
+    run = execute(recipe, output_dir=tmp_path / "export")
+    entry = run.metrics["gguf"]["files"]["f16"]
+    assert entry["passed"] and entry["tokenizer"] == "gpt2" and entry["architecture"] == model_type, entry
+    assert entry["checks"]["generations_identical_to_rounded_source"] == 4 and entry["checks"]["round_trip_texts"] == 4

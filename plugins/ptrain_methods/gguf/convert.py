@@ -121,7 +121,7 @@ def write_gguf(directory: Path, target: Path, qtype: str, chat_template: str | N
     writer.add_vocab_size(int(config["vocab_size"]))
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    tokenizer_model = add_tokenizer(writer, directory, int(config["vocab_size"]), chat_template)
+    tokenizer_model = add_tokenizer(writer, directory, int(config["vocab_size"]), chat_template, config.get("model_type"))
 
     names = gguf.get_tensor_name_map(arch, blocks)
     kept_f16: list[str] = []
@@ -172,7 +172,7 @@ def _component_types(tree: dict[str, Any] | None) -> set[str]:
     return found
 
 
-def add_tokenizer(writer: Any, directory: Path, vocab_size: int, chat_template: str | None) -> str:
+def add_tokenizer(writer: Any, directory: Path, vocab_size: int, chat_template: str | None, model_type: str | None = None) -> str:
     """The vocabulary, merges, special ids and chat template of ``directory/tokenizer.json``; returns the GGUF tokenizer model."""
     import gguf
     from transformers import AutoTokenizer
@@ -210,7 +210,8 @@ def add_tokenizer(writer: Any, directory: Path, vocab_size: int, chat_template: 
     if byte_level:
         writer.add_tokenizer_model("gpt2")
         digits = any(p.get("type") == "Digits" and p.get("individual_digits") for p in (spec.get("pre_tokenizer") or {}).get("pretokenizers", []))
-        writer.add_tokenizer_pre("smollm" if digits else "gpt-2")
+        # the pre-tokenizer's name (its split regex) as llama.cpp knows it; readers rebuild the split from it
+        writer.add_tokenizer_pre("qwen2" if model_type == "qwen2" else "smollm" if digits else "gpt-2")
     else:
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
