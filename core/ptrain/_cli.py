@@ -518,6 +518,9 @@ def serve(target: str, port: int, host: str, trust_remote_code: bool) -> None:
         fail_usage(err)
     except KeyboardInterrupt:
         pass
+    except Exception as err:  # a model transformers cannot load or serve: one line, not a traceback
+        err_console.print(f"[bold red]serve failed:[/] {escape(describe_failure(err))}", soft_wrap=True)
+        sys.exit(EXIT_FAILURE)
     console.print("server stopped")
 
 

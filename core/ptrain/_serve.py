@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from ptrain import _paths
 from ptrain._errors import UsageError
@@ -63,7 +64,9 @@ def prepared(target: str, trust_remote_code: bool = False) -> Iterator[Served]:
     if path is not None and path.suffix == ".gguf":
         if not path.is_file():
             raise UsageError(f"{target}: no such GGUF file")
-        yield Served(f"{path.parent.resolve()}:{path.name}", f"GGUF file {path}")
+        with tempfile.TemporaryDirectory(prefix="ptrain-serve-") as tmp:
+            gguf_to_directory(path, Path(tmp))
+            yield Served(tmp, f"GGUF file {path} (de-quantized by transformers' GGUF reader)")
         return
     chat = _chat.load_models(target, trust_remote_code=trust_remote_code)[0]
     model, tokenizer = chat.model, chat.tokenizer
@@ -83,6 +86,29 @@ def prepared(target: str, trust_remote_code: bool = False) -> Iterator[Served]:
         tokenizer.save_pretrained(tmp)
         how = {"chat": "", "template": ", prompts rendered with the run's prompt template", "plain": ", prompts as they are"}
         yield Served(tmp, chat.description.replace("(not merged)", "(merged for serving)") + how[chat.rendering.mode])
+
+
+def gguf_to_directory(path: Path, directory: Path) -> None:
+    """The model a GGUF file holds, de-quantized, with the tokenizer and chat template of its metadata, as a model directory.
+
+    transformers serve takes ``<folder>:<file>.gguf`` too, but its loader picks the model class from
+    ``config.architectures``, which a config read from GGUF metadata lacks (transformers 5.23), so it fails."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"{path}: transformers cannot read this GGUF file ({type(err).__name__}: {first[:200]})") from None
+    # the weights are plain float32 tensors now: drop the marker that makes save_pretrained refuse
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))
 
 
 def serve(target: str, host: str, port: int, trust_remote_code: bool, announce: Callable[[Served, str, int], None]) -> None:

@@ -1,5 +1,6 @@
 """``ptrain serve``: transformers' OpenAI-compatible server on 127.0.0.1, answering the official ``openai`` client."""
 
+import contextlib
 import os
 import re
 import signal
@@ -31,16 +32,15 @@ def tiny_chat_run(tmp_path_factory):
     return execute(recipe, output_dir=tmp_path_factory.mktemp("serve") / "run")
 
 
-@pytest.mark.slow
-def test_serve_answers_the_openai_client_like_ptrain_chat_and_stops_cleanly(tiny_chat_run, tmp_path):
+@contextlib.contextmanager
+def served(target, log):
+    """``ptrain serve TARGET`` in a subprocess on a free port: ``(client, model name)`` once it answers; SIGTERM after,
+    and the server must exit 0 within a minute."""
     from openai import OpenAI
 
-    from ptrain import _chat
-
     port = free_port()
-    log = tmp_path / "serve.log"
     with log.open("w") as out:  # a file, not a pipe: a server blocked on a full pipe would hang the test
-        server = subprocess.Popen([sys.executable, "-m", "ptrain", "serve", str(tiny_chat_run.dir), "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "ptrain", "serve", str(target), "--port", str(port)],
                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120
@@ -53,22 +53,7 @@ def test_serve_answers_the_openai_client_like_ptrain_chat_and_stops_cleanly(tiny
                 time.sleep(0.5)
         found = re.search(r"^model: (\S+)", log.read_text(), re.MULTILINE)
         assert found and server.poll() is None, log.read_text()
-        model = found.group(1)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60, max_retries=0)
-        assert [m.id for m in client.models.list()] == [model]
-        question = "Reverse the word: hello"
-        messages = [{"role": "user", "content": question}]
-        reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=6)
-        streamed = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=6, stream=True)
-        pieces = [chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices]
-        chat = _chat.load_models(str(tiny_chat_run.dir))[0]
-        expected, tokens = _chat.answer(chat, question, _chat.GenerationOptions(max_new_tokens=6))  # what `ptrain chat --json` says
-        ids = chat.tokenizer(chat.rendering.prompt(chat.tokenizer, [], question), return_tensors="pt")
-        raw = chat.tokenizer.decode(chat.model.generate(**ids, max_new_tokens=6, do_sample=False)[0, ids.input_ids.shape[1]:],
-                                    skip_special_tokens=True)  # the same greedy tokens, unstripped
-        assert tokens == 6 and raw and reply.choices[0].message.content == raw, (reply, raw)
-        assert reply.choices[0].message.content.strip() == expected and reply.usage.completion_tokens == tokens
-        assert len([p for p in pieces if p]) > 1 and "".join(pieces) == raw, pieces
+        yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60, max_retries=0), found.group(1)
     finally:
         server.send_signal(signal.SIGTERM)  # as a service manager stops it; Ctrl-C (SIGINT) takes the same path
         try:
@@ -77,6 +62,49 @@ def test_serve_answers_the_openai_client_like_ptrain_chat_and_stops_cleanly(tiny
             server.kill()
             raise
     assert code == 0 and log.read_text().rstrip().endswith("server stopped"), log.read_text()
+
+
+QUESTION = "Reverse the word: hello"
+
+
+def greedy_text(model, tokenizer, prompt, tokens=6):
+    ids = tokenizer(prompt, return_tensors="pt")
+    return tokenizer.decode(model.generate(**ids, max_new_tokens=tokens, do_sample=False)[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_serve_answers_the_openai_client_like_ptrain_chat_and_stops_cleanly(tiny_chat_run, tmp_path):
+    from ptrain import _chat
+
+    with served(tiny_chat_run.dir, tmp_path / "serve.log") as (client, model):
+        assert [m.id for m in client.models.list()] == [model]
+        messages = [{"role": "user", "content": QUESTION}]
+        reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=6)
+        streamed = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=6, stream=True)
+        pieces = [chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices]
+    chat = _chat.load_models(str(tiny_chat_run.dir))[0]
+    expected, tokens = _chat.answer(chat, QUESTION, _chat.GenerationOptions(max_new_tokens=6))  # what `ptrain chat --json` says
+    raw = greedy_text(chat.model, chat.tokenizer, chat.rendering.prompt(chat.tokenizer, [], QUESTION))  # the same tokens, unstripped
+    assert tokens == 6 and raw and reply.choices[0].message.content == raw, (reply, raw)
+    assert reply.choices[0].message.content.strip() == expected and reply.usage.completion_tokens == tokens
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces) == raw, pieces
+
+
+@pytest.mark.slow
+def test_serve_a_gguf_file(tiny_chat_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ptrain_methods.gguf.convert import write_gguf
+
+    source = tiny_chat_run.dir / "model"
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    write_gguf(source, tmp_path / "tiny-f16.gguf", "f16", tokenizer.chat_template, "tiny")
+    with served(tmp_path / "tiny-f16.gguf", tmp_path / "serve.log") as (client, model):
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=6)
+    loaded = AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny-f16.gguf")
+    gguf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny-f16.gguf")
+    prompt = loaded.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
+    assert reply.choices[0].message.content == greedy_text(gguf_model, loaded, prompt) != ""
 
 
 def test_serve_refuses_a_busy_port_and_a_bad_target_in_one_line(tmp_path):
