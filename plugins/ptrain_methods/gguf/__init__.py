@@ -25,6 +25,7 @@ import importlib.util
 import json
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,9 +266,11 @@ def export_and_check(run: Run, section: GgufSection, source: Path, origin: Path 
         filename = f"{stem}-{qtype}.gguf"
         run.log.info("gguf: %s -> %s", qtype, folder / filename)
         with atomic_dir(folder) as tmp:
+            started = time.perf_counter()
             result = write_gguf(source, tmp / filename, qtype, chat_template, stem)
             entry: dict[str, Any] = {"path": str(folder / filename), "size_mb": round((tmp / filename).stat().st_size / 2**20, 3),
-                                     "architecture": result.architecture, "tokenizer": result.tokenizer, "tensors": result.tensors}
+                                     "architecture": result.architecture, "tokenizer": result.tokenizer, "tensors": result.tensors,
+                                     "write_s": round(time.perf_counter() - started, 2)}
             if result.kept_f16:
                 entry["kept_f16"] = result.kept_f16
             if held_out is not None:
