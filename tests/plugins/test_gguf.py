@@ -107,3 +107,16 @@ def test_a_byte_level_tokenizer_and_qwen2_export_and_check(model_type, tmp_path)
     entry = run.metrics["gguf"]["files"]["f16"]
     assert entry["passed"] and entry["tokenizer"] == "gpt2" and entry["architecture"] == model_type, entry
     assert entry["checks"]["generations_identical_to_rounded_source"] == 4 and entry["checks"]["round_trip_texts"] == 4
+
+
+@pytest.mark.slow
+def test_a_prompt_template_run_gets_its_template_in_the_modelfile(tmp_path):
+    recipe = tiny_recipe(["sft", "gguf"], data={"num_examples": 40, "eval_size": 4}, train={"max_steps": 1},
+                         eval={"max_samples": 2}, gguf={"types": ["q8_0"], "prompts": 3})
+    run = execute(recipe, output_dir=tmp_path / "run")
+    entry = run.metrics["gguf"]["files"]["q8_0"]
+    # trained without the chat template: the file's template is checked against the source tokenizer's own rendering
+    assert entry["passed"] and entry["checks"]["template_rows"] == 3, entry
+    modelfile = (run.dir / "gguf" / "q8_0" / "Modelfile").read_text()
+    template = run.metrics["data"]["prompt"]["template_no_input"].replace("{instruction}", "{{ .Prompt }}")
+    assert f'TEMPLATE """{template}{{{{ .Response }}}}"""' in modelfile, modelfile
