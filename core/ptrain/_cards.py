@@ -104,7 +104,7 @@ def render_card(run: Run, directory: Path, kind: str, notes: str = "") -> str:
     datasets = [s["source"] for s in sources.values() if isinstance(s, dict) and hub_id(str(s.get("source", "")))]
     front = ["---", *([f"base_model: {base_hub}"] if base_hub else []), f"library_name: {'peft' if kind == 'adapter' else 'transformers'}",
              "pipeline_tag: text-generation", *_yaml_list("tags", ["ptrain", *recipe.methods]), *_yaml_list("datasets", datasets), "---"]
-    what = {"adapter": "LoRA adapter", "quantized": "quantized model", "model": "model"}[kind]
+    what = {"adapter": "LoRA adapter", "quantized": "quantized model", "model": "model", "gguf": "GGUF export"}[kind]
     lines = [*front, "", f"# {text(recipe.name)}: {what}", ""]
     if recipe.description:
         lines += [text(recipe.description), ""]
@@ -153,6 +153,13 @@ def render_card(run: Run, directory: Path, kind: str, notes: str = "") -> str:
 
 def _how_to_load(directory: Path, kind: str, base: str, base_hub: str | None, run: Run) -> list[str]:
     path = str(directory)
+    if kind == "gguf":  # the exporter's notes say how to run it (Ollama, llama.cpp); transformers reads it too
+        files = sorted(p.name for p in directory.glob("*.gguf")) or ["model.gguf"]
+        return ["With transformers (weights de-quantized to float32):", "", "```python",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f'model = AutoModelForCausalLM.from_pretrained("{path}", gguf_file="{files[0]}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("{path}", gguf_file="{files[0]}")', "```", "",
+                f"Or serve it: `ptrain serve {directory / files[0]}` (an OpenAI-compatible endpoint on 127.0.0.1)."]
     chat = f"Or talk to it: `ptrain chat {run.dir}`" + (" (add `--base` to compare with the base model)" if kind != "quantized" else "")
     if kind == "adapter":
         where = base_hub or base
@@ -174,7 +181,7 @@ def write_model_card(run: Run, directory: str | Path, *, kind: str | None = None
 
     :param run: the current run (its recipe, metrics and run directory fill the card).
     :param directory: the directory just written (``run.dir / "adapter"``…).
-    :param kind: ``"model"``, ``"adapter"`` or ``"quantized"``; default: told from the directory's files.
+    :param kind: ``"model"``, ``"adapter"``, ``"quantized"`` or ``"gguf"`` (a folder holding a ``.gguf`` file); default: told from the directory's files.
     :param notes: Markdown added after the methods, e.g. a quantized variant's format and measured quality change.
     :return: the card's path.
     """

@@ -698,6 +698,48 @@ def chat(
         fail_usage(err)
 
 
+@cli.command()
+@click.argument("target")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Only this machine: 127.0.0.1, localhost or ::1.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a model whose code is not part of transformers to run it.")
+def serve(target: str, port: int, host: str, trust_remote_code: bool) -> None:
+    """Serve TARGET as an OpenAI-compatible endpoint (transformers serve): a run directory, a model or
+    adapter directory, a hub ID or a .gguf file. Ctrl-C stops it.
+
+    \b
+    ptrain serve runs/quickstart --port 8000
+    ptrain serve runs/quickstart/gguf/q8_0/quickstart-q8_0.gguf
+    then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-"), model = the name printed at start
+    """
+    from ptrain import _serve
+    from ptrain._quiet import quiet_libraries
+
+    def announce(served: Any, host: str, port: int) -> None:
+        console.print(f"[bold]ptrain serve[/] {escape(served.description)}", soft_wrap=True)
+        console.print(f"endpoint: http://{host}:{port}/v1  (chat completions, streaming)", soft_wrap=True)
+        console.print(f"model: {escape(served.model_id)}", soft_wrap=True)
+        console.file.flush()
+
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM stops it as Ctrl-C does (uvicorn re-raises it after shutting down)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    quiet_libraries()
+    try:
+        _serve.serve(target, host, port, trust_remote_code, announce)
+    except UsageError as err:
+        fail_usage(err)
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:  # a model transformers cannot load or serve: one line, not a traceback
+        err_console.print(f"[bold red]serve failed:[/] {escape(describe_failure(err))}", soft_wrap=True)
+        sys.exit(EXIT_FAILURE)
+    console.print("server stopped")
+
+
 @cli.command(name="new-plugin")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Where to write it (default ./ptrain-NAME).")
