@@ -17,7 +17,7 @@ from ptrain._lock import differences, installed, read_lock
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 LOCKED_RESULTS = ROOT / ".ci" / "results-locked.xml"
-EDITABLE = {"ptrain", "ptrain-dpo", "ptrain-neftune", "ptrain-sharegpt", "ptrain-edit-reward"}
+EDITABLE = {"ptrain", "ptrain-dpo", "ptrain-neftune", "ptrain-sharegpt", "ptrain-edit-reward", "ptrain-regex-match"}
 
 
 def check() -> int:

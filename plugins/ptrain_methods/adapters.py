@@ -285,7 +285,6 @@ class AdapterMethod:
         self.rewrites_base = rewrites_base
         self.trainable = trainable
         self.activation_share = activation_share
-        _METHODS[name] = self
 
     def plan_hook(self) -> Callable[..., Any]:
         """The method's ``plan_memory``: its adapters are what trains (``trainable(section, facts)`` counts them)."""
