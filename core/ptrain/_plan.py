@@ -50,6 +50,8 @@ ACT_H, ACT_I = 10, 3
 q/k/v, attention output, residuals) and ``ACT_I`` of MLP width (gate, up, their product). Fitted on
 SmolLM2-135M full fine-tuning on CPU (bench/README.md)."""
 LOGIT_COPIES = 9
+CHUNK_COPIES = 3
+"""With ``train.chunked_loss``: one chunk's logits, their log-softmax and gradient (not yet fitted to a run)."""
 """Vocabulary-wide fp32 tensors per token alive at the peak: the logits, their log-softmax, the trainer's
 shifted copy and entropy, and their gradients. Fitted on SmolLM2-135M with gradient checkpointing, where
 the logits dominate."""
@@ -245,7 +247,13 @@ def core_terms(plan: TrainingPlan) -> None:
     if gradients > 0.05 * stored:
         formula += " less the gradients, allocated as backward frees activations"
     plan.add("activations", max(stored - gradients, 0.0) / MIB, "activations_and_other", formula)
-    if plan.vocab_logits:
+    if plan.vocab_logits and getattr(train, "chunked_loss", False):
+        chunk = min(tokens, train.loss_chunk_tokens)  # the chunked loss holds one chunk's logits at a time
+        plan.add(
+            "logits", CHUNK_COPIES * chunk * facts.vocab_size * 4 / MIB, "activations_and_other",
+            f"{CHUNK_COPIES} x {chunk:,.0f} tokens of one chunk (train.chunked_loss) x {facts.vocab_size:,} vocabulary x 4 B",
+        )
+    elif plan.vocab_logits:
         plan.add(
             "logits", LOGIT_COPIES * tokens * facts.vocab_size * 4 / MIB, "activations_and_other",
             f"{LOGIT_COPIES} x {tokens:,.0f} tokens x {facts.vocab_size:,} vocabulary x 4 B",

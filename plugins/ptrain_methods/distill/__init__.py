@@ -230,7 +230,9 @@ def build_trainer(run: Run) -> Any:
         teacher_tokenizer=state["teacher_tokenizer"],
         mode=state["mode"],
         section=section,
-        chunked=run.recipe.train.loss_chunk_tokens if run.recipe.train.chunked_loss else None,
+        # FSDP shards the output head, which the chunked path does not gather: full logits there
+        chunked=run.recipe.train.loss_chunk_tokens
+        if run.recipe.train.chunked_loss and run.recipe.distributed.backend != "fsdp" else None,
     )
 
 
