@@ -39,7 +39,7 @@ def test_quickstart_tuned_model_beats_the_base_model(tmp_path):
     assert final["valid_json_rate"] >= base["valid_json_rate"] + 0.5, (base, final)
     assert final["task_metric"] > base["task_metric"] and final["task_metric"] >= 0.375, (base, final)
     assert final["eval_loss"] < base["eval_loss"] / 2
-    assert "valid_json_rate" in result.output and "sample 1" in result.output and "trained ✓" in result.output
+    assert "valid JSON" in result.output and "sample 1" in result.output and "trained ✓" in result.output
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and all("base_generation" in s and "input" in s for s in samples)
     assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model" / "model.safetensors").is_file()

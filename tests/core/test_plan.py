@@ -164,11 +164,20 @@ def test_plan_cli_over_the_device_names_largest_term_and_key():
         "weights", "gradients", "optimizer_state", "activations_and_other"}
     assert figures["peak_memory_mb"] == pytest.approx(figures["memory_above_baseline_mb"] + 480, abs=0.2)
 
-    over = _run_cli("plan", str(RECIPES / "sft_tiny.toml"), "--device", "200MiB", "--set", "train.batch_size=64")
+    # full-vocabulary logits (the chunked loss off): they dominate, and checkpointing would not shrink them
+    over = _run_cli("plan", str(RECIPES / "sft_tiny.toml"), "--device", "200MiB", "--set", "train.batch_size=64",
+                    "--set", "train.chunked_loss=false")
     assert over.returncode == 2
     line = [x for x in over.stderr.splitlines() if "does not fit" in x]
     assert line, over.stderr
-    assert "largest term: logits" in line[0] and "train.batch_size = 32: -" in line[0]  # checkpointing would not shrink logits
+    assert "largest term: logits" in line[0] and "train.batch_size = 32: -" in line[0]
+    # the chunked loss (the default) holds one chunk's logits: the same run fits, and below it activations lead
+    fits = _run_cli("plan", str(RECIPES / "sft_tiny.toml"), "--device", "200MiB", "--set", "train.batch_size=64")
+    assert fits.returncode == 0, fits.stderr
+    over = _run_cli("plan", str(RECIPES / "sft_tiny.toml"), "--device", "100MiB", "--set", "train.batch_size=64")
+    line = [x for x in over.stderr.splitlines() if "does not fit" in x]
+    assert over.returncode == 2 and line, over.stderr
+    assert "largest term: activations" in line[0] and "train.gradient_checkpointing = true: -" in line[0]
 
 
 def test_plan_names_gradient_checkpointing_where_activations_dominate(tmp_path, write_recipe):
