@@ -47,8 +47,9 @@ def distill_trainer_class() -> type:
                 self.sampled += 1
                 inputs = self.student_samples(model, inputs)
                 num_items_in_batch = None
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["on_policy"].append(float(self.on_policy_batch))
+            # "train" whatever model.training says: the Trainer switches the model to training inside the step
+            if self.share:
+                self._metrics["train"]["on_policy"].append(float(self.on_policy_batch))
             try:
                 return super().training_step(model, inputs, num_items_in_batch)
             finally:
