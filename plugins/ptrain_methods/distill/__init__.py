@@ -9,6 +9,14 @@ Which loss is possible depends on the pair of tokenizers, so the mode is chosen 
 * ``uld`` (any pair): Universal Logit Distillation, an L1 distance between the two models'
   *sorted* next-token distributions on aligned completion positions, plus CE.
 
+``on_policy = true`` (GKD, Agarwal et al. 2024) changes what those losses are computed on: for a
+share ``lmbda`` of the batches the student samples its own completions of the batch's prompts and
+learns the teacher's distribution on *its* tokens, so it is corrected where it actually goes wrong
+rather than only on text it would never write. Same vocabulary: the ``logit`` loss (``divergence``
+forward/reverse KL or generalized JSD with ``beta``); different tokenizers: ``uld`` on the student's
+samples re-tokenized for the teacher (as TRL's GOLD does). Samples it learned from are kept in
+``distill/on_policy_samples.jsonl``.
+
 Labels are often scarce: ``labeled = N`` keeps the labels of the first N training rows and turns
 the rest into prompts only the teacher answers (its answers are cached in the run directory, so
 ``--resume`` only generates what is missing). ``baseline = true`` also trains the same student
@@ -39,10 +47,10 @@ from ptrain import (
 
 from .report import measure, parameters, ratio, record, weights_size_mb
 from .teacher import CACHE, load_teacher, same_vocabulary, teacher_answers
-from .trainer import distill_trainer_class, train_baseline
+from .trainer import SAMPLES, distill_trainer_class, train_baseline
 
 STATE = "distill"
-__all__ = ["CACHE", "STATE", "DistillSection", "load_teacher", "same_vocabulary", "teacher_answers"]
+__all__ = ["CACHE", "SAMPLES", "STATE", "DistillSection", "load_teacher", "same_vocabulary", "teacher_answers"]
 
 
 @dataclass
@@ -54,7 +62,7 @@ class DistillSection:
     teacher_load_in: Literal["none", "8bit", "4bit"] = "none"
     """Load the teacher quantized with bitsandbytes to save memory (it is only run forward)."""
     mode: Literal["auto", "logit", "sequence", "uld"] = "auto"
-    """``auto``: ``logit`` when the tokenizers share one vocabulary, else ``sequence``."""
+    """``auto``: ``logit`` when the tokenizers share one vocabulary, else ``sequence`` (``uld`` when on-policy)."""
     temperature: float = 2.0
     alpha: float = 0.5
     """Weight of the distillation term; ``1 − alpha`` weighs cross-entropy on the completion."""
@@ -66,9 +74,15 @@ class DistillSection:
     teacher_answers: Literal["unlabeled", "all"] = "unlabeled"
     """``all`` also replaces the labels of labeled rows by the teacher's answers (classic sequence-level KD)."""
     max_new_tokens: int | None = None
-    """Length of teacher answers; default ``eval.max_new_tokens``."""
+    """Length of teacher answers and of the student's on-policy samples; default ``eval.max_new_tokens``."""
     baseline: bool = False
     """Also train the same student with plain SFT on the labeled rows alone, same steps, and report both."""
+    on_policy: bool = False
+    """GKD: the student samples completions of the batch's prompts and learns the teacher's distribution on them."""
+    lmbda: float | None = None
+    """Share of batches (on-policy only) on the student's own samples; the rest use the dataset's (or teacher's) text. Default 1."""
+    sample_temperature: float | None = None
+    """Temperature of the student's on-policy sampling (on-policy only). Default 1: its own distribution."""
 
     def validate(self) -> None:
         if not self.teacher.strip():
@@ -84,6 +98,26 @@ class DistillSection:
             raise RecipeError("must be a number of rows >= 0, or -1 for all", key="labeled")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise RecipeError("must be >= 1", key="max_new_tokens")
+        for key in ("lmbda", "sample_temperature"):
+            if getattr(self, key) is not None and not self.on_policy:
+                raise RecipeError("only applies to on-policy distillation; set distill.on_policy = true or remove it", key=key)
+        if self.lmbda is not None and not 0 <= self.lmbda <= 1:
+            raise RecipeError("must be in [0, 1] (the share of batches on the student's samples)", key="lmbda")
+        if self.sample_temperature is not None and self.sample_temperature <= 0:
+            raise RecipeError("must be > 0 (sampling at temperature 1 follows the student's own distribution)", key="sample_temperature")
+        if self.on_policy and self.mode == "sequence":
+            raise RecipeError(
+                "on-policy distillation scores the student's samples with the teacher's logits, which mode 'sequence' "
+                "does not use; set mode = 'auto', 'logit' or 'uld', or on_policy = false",
+                key="on_policy",
+            )
+
+    @property
+    def on_policy_share(self) -> float:
+        """The share of batches on the student's own samples: ``lmbda`` (default 1) when on-policy, else 0."""
+        if not self.on_policy:
+            return 0.0
+        return 1.0 if self.lmbda is None else self.lmbda
 
 
 @hookimpl
@@ -102,7 +136,7 @@ def plan_memory(plan: TrainingPlan) -> None:
     bits = {"none": None, "8bit": 8, "4bit": 4}[section.teacher_load_in]
     plan.add("teacher weights", plan.model_bytes(teacher, bits) / 2**20, "weights", f"{teacher.total_parameters:,} parameters", method="distill")
     same = teacher.vocab_size == plan.facts.vocab_size
-    if section.mode in ("logit", "uld") or (section.mode == "auto" and same):
+    if section.mode in ("logit", "uld") or (section.mode == "auto" and (same or section.on_policy)):
         plan.add("teacher forward", plan.forward_mib(teacher), "activations_and_other", "one layer and the teacher's logits, no gradients", method="distill")
 
 
@@ -113,6 +147,12 @@ def validate_recipe(recipe: Recipe) -> None:
             "the baseline is trained and measured on every process, and FSDP leaves each with a shard of it; "
             "with backend = 'fsdp' set baseline = false (or use backend = 'ddp')",
             key="distill.baseline",
+        )
+    if recipe.section("distill").on_policy and recipe.distributed.backend == "fsdp":
+        raise RecipeError(
+            "on-policy distillation samples from the student, and FSDP leaves each process with a shard of it; "
+            "with backend = 'fsdp' set on_policy = false (or use backend = 'ddp')",
+            key="distill.on_policy",
         )
     if recipe.data.streaming:
         raise RecipeError("distill has the teacher answer the training prompts before training, which needs them all in memory; remove data.streaming", key="data.streaming")
@@ -143,12 +183,15 @@ def load_model(run: Run) -> Any:
     same = same_vocabulary(teacher_tokenizer, loaded.tokenizer)
     mode = section.mode
     if mode == "auto":
-        mode = "logit" if same else "sequence"
+        # on-policy needs the teacher's logits on the student's tokens: ULD across tokenizers
+        mode = "logit" if same else "uld" if section.on_policy else "sequence"
         if not same:
             run.log.info(
                 "distill: teacher and student tokenizers have different vocabularies (%d vs %d tokens): "
-                "cross-tokenizer distillation, mode 'sequence' (the student learns the teacher's answers)",
-                len(teacher_tokenizer), len(loaded.tokenizer),
+                "cross-tokenizer distillation, mode %r (%s)",
+                len(teacher_tokenizer), len(loaded.tokenizer), mode,
+                "the teacher's logits re-aligned to the student's samples" if section.on_policy
+                else "the student learns the teacher's answers",
             )
     elif mode == "logit" and not same:
         raise RecipeError(
@@ -157,6 +200,18 @@ def load_model(run: Run) -> Any:
             key="distill.mode",
         )
     run.log.info("distill: teacher %s (%s parameters), mode %s", section.teacher, f"{parameters(teacher):,}", mode)
+    if section.on_policy:
+        run.log.info(
+            "distill: on-policy, the student samples completions for %.0f%% of batches (up to %d new tokens at "
+            "temperature %g) and learns the teacher's distribution on them; samples kept in distill/%s",
+            100 * section.on_policy_share, section.max_new_tokens or run.recipe.eval.max_new_tokens,
+            section.sample_temperature or 1.0, SAMPLES,
+        )
+    if section.on_policy and mode == "uld" and section.on_policy_share == 1:
+        run.log.warning(
+            "distill: ULD compares sorted distributions, blind to which token is which, and with lmbda = 1 no batch "
+            "shows the student the labels or the teacher's text; keep distill.lmbda < 1 so they anchor it"
+        )
     run.state[STATE] = {"teacher": teacher, "teacher_tokenizer": teacher_tokenizer, "mode": mode, "same_vocabulary": same}
     return LoadedModel(loaded.model, loaded.tokenizer)
 
@@ -170,6 +225,13 @@ def prepare_data(run: Run) -> Any:
     n_labeled = len(rows) if section.labeled == -1 else min(section.labeled, len(rows))
     labeled, unlabeled = rows[:n_labeled], rows[n_labeled:]
     to_answer = rows if section.teacher_answers == "all" else unlabeled
+    if section.on_policy_share == 1 and to_answer:
+        # every batch is the student's own samples: the unlabeled rows are prompts only and the teacher writes nothing
+        unanswered = {id(r) for r in to_answer}
+        train = [{**r, "completion": "", "output": ""} if id(r) in unanswered else r for r in rows]
+        state.update(labeled_rows=labeled, labeled_count=len(labeled), teacher_answered=0)
+        run.log.info("distill: %d labeled rows, %d prompts for the student's on-policy samples only", len(labeled), len(to_answer))
+        return DataSplits(to_dataset(train), splits.eval)
     if not to_answer and state["mode"] == "sequence":
         run.log.warning(
             "distill: every training row keeps its label, so sequence-level KD is plain SFT; "
@@ -220,7 +282,7 @@ def build_trainer(run: Run) -> Any:
     )
     columns = ["prompt", "completion"]
     evaluation = run.eval_dataset.select_columns(columns) if run.recipe.train.eval_steps else None
-    return distill_trainer_class()(
+    trainer = distill_trainer_class()(
         model=run.model,
         args=args,
         train_dataset=run.train_dataset.select_columns(columns),
@@ -230,10 +292,15 @@ def build_trainer(run: Run) -> Any:
         teacher_tokenizer=state["teacher_tokenizer"],
         mode=state["mode"],
         section=section,
+        samples_path=run.dir / "distill" / SAMPLES if run.is_main_process else None,
+        max_new_tokens=section.max_new_tokens or run.recipe.eval.max_new_tokens,
+        max_length=run.recipe.train.max_length,
         # FSDP shards the output head, which the chunked path does not gather: full logits there
         chunked=run.recipe.train.loss_chunk_tokens
         if run.recipe.train.chunked_loss and run.recipe.distributed.backend != "fsdp" else None,
     )
+    state["trainer"] = trainer
+    return trainer
 
 
 @hookimpl(wrapper=True)
@@ -253,11 +320,14 @@ def evaluate(run: Run, stage: str) -> Any:
         "teacher_name": section.teacher,
         "labeled_rows": state["labeled_count"],
         "teacher_answered_rows": state["teacher_answered"],
+        "on_policy": section.on_policy_share,
         "teacher": teacher,
         "student": student,
         "quality_ratio": ratio(student["task_metric"], teacher["task_metric"]),
         "speedup": ratio(student["generation_tokens_per_s"], teacher["generation_tokens_per_s"]),
     }
+    if section.on_policy and "trainer" in state:
+        report["on_policy_batches"] = state["trainer"].sampled
     record(run, "teacher", section.teacher, teacher)
     if "baseline" in state:
         report["baseline"] = state["baseline"]

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 from ptrain import Run, to_dataset, train_auxiliary, training_arguments
 
 from .losses import chunked_logit_kd_loss, completion_ids, logit_kd_loss, uld_loss
+
+SAMPLES = "on_policy_samples.jsonl"
+KEPT_PER_BATCH = 4  # on-policy samples written per batch: enough to read what the student learned from, bounded on long runs
 
 
 def distill_trainer_class() -> type:
@@ -17,20 +22,128 @@ def distill_trainer_class() -> type:
 
     class DistillationTrainer(SFTTrainer):
         def __init__(self, *args: Any, teacher: Any, teacher_tokenizer: Any, mode: str, section: Any, chunked: int | None = None,
-                     **kwargs: Any):
+                     samples_path: Path | None = None, max_new_tokens: int = 32, max_length: int | None = None, **kwargs: Any):
+            if section.on_policy_share and kwargs.get("train_dataset") is not None:
+                self.prompt_ids = prompt_lookup(kwargs["processing_class"], kwargs["train_dataset"])
             super().__init__(*args, **kwargs)
             self.teacher, self.teacher_tokenizer, self.mode, self.section = teacher, teacher_tokenizer, mode, section
             self.chunked = chunked  # tokens per chunk of the logit-KD loss (train.loss_chunk_tokens); None: full logits
+            self.samples_path, self.max_new_tokens, self.max_length = samples_path, max_new_tokens, max_length
+            self.share = section.on_policy_share
+            self.batches = self.sampled = 0  # micro-batches seen, and how many of them were the student's samples
+            self.on_policy_batch = False
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            """GKD's step: on a share ``lmbda`` of the batches, the student's samples replace the batch's completions.
+
+            The choice is a fixed schedule (a batch is sampled when the count so far falls behind ``lmbda`` times
+            the batches seen) rather than GKD's coin flip: the same share on every run and every process, so the
+            processes of a distributed run agree and a short run gets its share. The token count the Trainer took
+            from the original labels no longer holds, so a sampled batch's loss is its own per-token mean.
+            """
+            self.batches += 1
+            self.on_policy_batch = self.sampled < self.share * self.batches
+            if self.on_policy_batch:
+                self.sampled += 1
+                inputs = self.student_samples(model, inputs)
+                num_items_in_batch = None
+            # "train" whatever model.training says: the Trainer switches the model to training inside the step
+            if self.share:
+                self._metrics["train"]["on_policy"].append(float(self.on_policy_batch))
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self.on_policy_batch = False
+
+        def student_samples(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+            """The batch's prompts completed by the student (sampled, as in TRL's GKD), right-padded like the collator's.
+
+            Each row becomes prompt + sample up to and including its first EOS, labels on the sample only, so the
+            logit and ULD losses read it exactly as they read a dataset batch.
+            """
+            from trl.models import unwrap_model_for_generation
+
+            ids, labels = inputs["input_ids"], inputs["labels"]
+            attention = inputs.get("attention_mask")
+            if attention is None:
+                attention = torch.ones_like(ids)
+            tokenizer = self.processing_class
+            prompts = []
+            for row in range(ids.shape[0]):
+                region = ids[row][(attention[row] == 1) & (labels[row] == -100)]
+                # the whole prompt, as at inference: the batch lacks the prompt's last tokens where they merge with the completion's
+                full = getattr(self, "prompt_ids", {}).get(tuple(region.tolist()))
+                prompts.append(region if full is None else torch.tensor(full, dtype=ids.dtype, device=ids.device))
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            width = max(len(p) for p in prompts)
+            left = torch.full((len(prompts), width), pad, dtype=ids.dtype, device=ids.device)
+            left_mask = torch.zeros_like(left)
+            for row, prompt in enumerate(prompts):
+                left[row, width - len(prompt) :] = prompt
+                left_mask[row, width - len(prompt) :] = 1
+            options = {
+                "max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.section.sample_temperature or 1.0,
+                "top_k": 0, "top_p": 1.0, "pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id,
+            }
+            with unwrap_model_for_generation(
+                model, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
+            ) as unwrapped, torch.no_grad():
+                training = unwrapped.training
+                unwrapped.eval()
+                try:
+                    sequences = unwrapped.generate(input_ids=left, attention_mask=left_mask, **options)
+                finally:
+                    unwrapped.train(training)
+            samples = []
+            for row, prompt in enumerate(prompts):
+                sample = sequences[row, width:]
+                ends = (sample == tokenizer.eos_token_id).nonzero()
+                if len(ends):
+                    sample = sample[: int(ends[0]) + 1]
+                if self.max_length:
+                    sample = sample[: max(self.max_length - len(prompt), 1)]
+                samples.append(sample)
+            rows = [torch.cat([p, s]) for p, s in zip(prompts, samples, strict=True)]
+            length = max(len(r) for r in rows)
+            new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype, device=ids.device)
+            new_mask = torch.zeros_like(new_ids)
+            new_labels = torch.full_like(new_ids, -100)
+            for row, (prompt, sample) in enumerate(zip(prompts, samples, strict=True)):
+                end = len(prompt) + len(sample)
+                new_ids[row, :end] = rows[row]
+                new_mask[row, :end] = 1
+                new_labels[row, len(prompt) : end] = sample
+            self.keep_samples(new_ids, new_mask, new_labels)
+            return {**inputs, "input_ids": new_ids, "attention_mask": new_mask, "labels": new_labels}
+
+        def keep_samples(self, ids: Any, attention: Any, labels: Any) -> None:
+            """Append a few of the batch's samples, decoded from the very tensors the loss reads, to ``distill/on_policy_samples.jsonl``."""
+            if self.samples_path is None:
+                return
+            decode = self.processing_class.decode
+            self.samples_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.samples_path.open("a", encoding="utf-8") as handle:
+                for row in range(min(KEPT_PER_BATCH, ids.shape[0])):
+                    completion = labels[row] != -100
+                    prompt = (attention[row] == 1) & ~completion
+                    handle.write(json.dumps({
+                        "step": self.state.global_step,
+                        "prompt": decode(ids[row][prompt], skip_special_tokens=True),
+                        "completion": decode(ids[row][completion], skip_special_tokens=True),
+                        "completion_ids": ids[row][completion].tolist(),
+                    }) + "\n")
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             if self.mode == "sequence":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
             section = self.section
+            # on the student's own samples the loss is the divergence alone (as in GKD): CE would teach its own sample
+            alpha = 1.0 if self.on_policy_batch else section.alpha
             if self.mode == "logit" and self.chunked is not None and not return_outputs:
                 # train.chunked_loss: neither model's full-vocabulary logits are held
                 chunked = chunked_logit_kd_loss(
-                    model, self.teacher, inputs, section.temperature, section.alpha, section.divergence, section.beta,
+                    model, self.teacher, inputs, section.temperature, alpha, section.divergence, section.beta,
                     num_items=num_items_in_batch, chunk_tokens=self.chunked,
                 )
                 if chunked is not None:
@@ -52,19 +165,19 @@ def distill_trainer_class() -> type:
                 # normalised by the step's token count, as SFT's loss is: the same gradient whatever the
                 # split into processes and accumulation steps (the Trainer then undoes the processes' average)
                 loss, kd, ce = logit_kd_loss(
-                    student_logits, teacher_logits, labels, section.temperature, section.alpha, section.divergence, section.beta,
+                    student_logits, teacher_logits, labels, section.temperature, alpha, section.divergence, section.beta,
                     num_items=num_items_in_batch,
                 )
                 if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                     loss = loss * self.accelerator.num_processes
             else:
-                loss, kd, ce = self.uld_batch(student_logits, inputs)
+                loss, kd, ce = self.uld_batch(student_logits, inputs, alpha)
             mode = "train" if model.training else "eval"
             self._metrics[mode]["kd_loss"].append(float(kd))
             self._metrics[mode]["ce_loss"].append(float(ce))
             return (loss, outputs) if return_outputs else loss
 
-        def uld_batch(self, student_logits: Any, inputs: dict[str, Any]) -> tuple[Any, Any, Any]:
+        def uld_batch(self, student_logits: Any, inputs: dict[str, Any], alpha: float) -> tuple[Any, Any, Any]:
             """ULD + CE: the batch's texts re-tokenized for the teacher, completion positions aligned."""
             labels, ids = inputs["labels"], inputs["input_ids"]
             attention = inputs.get("attention_mask")
@@ -100,10 +213,27 @@ def distill_trainer_class() -> type:
             ]
             uld = torch.cat(per_token).mean() if per_token else student_logits.sum() * 0.0
             if ce is None:
-                return uld * self.section.alpha, uld.detach(), uld.detach() * 0
-            return self.section.alpha * uld + (1 - self.section.alpha) * ce, uld.detach(), ce.detach()
+                return uld * alpha, uld.detach(), uld.detach() * 0
+            return alpha * uld + (1 - alpha) * ce, uld.detach(), ce.detach()
 
     return DistillationTrainer
+
+
+def prompt_lookup(tokenizer: Any, rows: Any) -> dict[tuple[int, ...], list[int]]:
+    """The training prompts' token ids, keyed by the part of them a training batch holds.
+
+    TRL's SFT tokenization starts the completion where ``prompt`` and ``prompt + completion`` tokenize apart,
+    so a batch can lack the prompt's last tokens (``"Response:\\n"`` merged with the answer's first letters).
+    The student must sample after the whole prompt, as it is asked at inference.
+    """
+    from trl.data_utils import common_prefix_length
+
+    lookup: dict[tuple[int, ...], list[int]] = {}
+    for row in rows:
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        full = tokenizer(row["prompt"] + row["completion"])["input_ids"]
+        lookup[tuple(full[: common_prefix_length(prompt, full)])] = prompt
+    return lookup
 
 
 def train_baseline(run: Run, labeled: list[dict[str, Any]]) -> Any:
