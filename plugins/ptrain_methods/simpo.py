@@ -6,7 +6,8 @@ the chosen answer's reward to beat the rejected one's by a margin ``gamma``. TRL
 (``trl.experimental.cpo``, ``loss_type = "simpo"``), which also adds ``cpo_alpha`` times the chosen answer's
 cross-entropy (0 in the paper; CPO-SimPO sets it). Held-out pairs are scored at base and final by preference
 accuracy (summed log-probabilities, the columns dpo, kto and orpo report) and by SimPO's own reward
-(``reward_accuracy``, ``reward_margin``: length-normalised, times beta).
+(``simpo_reward_accuracy``, ``simpo_reward_margin``: length-normalised, times beta; named apart from
+dpo's implicit reward against its reference, so a compare of both keeps them in separate rows).
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def validate_recipe(recipe: Recipe) -> None:
 def report_rows() -> list[ReportRow]:
     return [
         *PREFERENCE_ROWS,
-        ReportRow("SimPO reward accuracy (length-normalised)", "final.reward_accuracy", base=True),
-        ReportRow("SimPO reward margin", "final.reward_margin", base=True),
+        ReportRow("SimPO reward accuracy (length-normalised)", "final.simpo_reward_accuracy", base=True),
+        ReportRow("SimPO reward margin", "final.simpo_reward_margin", base=True),
     ]
 
 
@@ -106,6 +107,6 @@ def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
     bad = completion_logprobs(run.model, run.tokenizer, prompts, rejected, **sizes, average=True)
     margins = [beta * (g - b) for g, b in zip(good, bad, strict=True)]
     return metrics | {
-        "reward_accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
-        "reward_margin": round(sum(margins) / len(margins), 4),
+        "simpo_reward_accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
+        "simpo_reward_margin": round(sum(margins) / len(margins), 4),
     }

@@ -111,8 +111,8 @@ def test_simpo_raises_held_out_preference_accuracy(ptrain_run):
     # right: no room); SimPO's reward margin ends at 1.99 / 1.74 / 1.62 against the target gamma 1. The bounds: 4 more
     # pairs of 64 (seen 10 at this seed), and the length-normalised reward far above chance
     assert final["preference_accuracy"] > base["preference_accuracy"] + 0.06, (base, final)
-    assert final["reward_accuracy"] >= 0.9 and final["reward_accuracy"] > base["reward_accuracy"] + 0.3, (base, final)
-    assert final["reward_margin"] > 1.0 > base["reward_margin"], (base, final)
+    assert final["simpo_reward_accuracy"] >= 0.9 and final["simpo_reward_accuracy"] > base["simpo_reward_accuracy"] + 0.3, (base, final)
+    assert final["simpo_reward_margin"] > 1.0 > base["simpo_reward_margin"], (base, final)
 
 
 @pytest.mark.slow
