@@ -177,11 +177,13 @@ def completion_logprobs(
     completions: Sequence[str],
     batch_size: int = 16,
     max_length: int = 512,
+    average: bool = False,
 ) -> list[float]:
     """Summed log-probability of each completion (EOS included) given its prompt.
 
     The quantity preference methods compare: ``logp(chosen) - logp(rejected)`` is a model's
     preference margin, and its change against a reference model is DPO's implicit reward.
+    ``average``: the mean per completion token instead (SimPO's length-normalised reward, before its beta).
     """
     import torch
 
@@ -189,7 +191,8 @@ def completion_logprobs(
     for logits, labels in _completion_batches(model, tokenizer, prompts, completions, batch_size, max_length):
         mask = labels != -100
         picked = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        results.extend((picked * mask).sum(dim=1).tolist())
+        summed = (picked * mask).sum(dim=1)
+        results.extend((summed / mask.sum(dim=1).clamp(min=1) if average else summed).tolist())
     return results
 
 

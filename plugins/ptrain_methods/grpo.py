@@ -43,6 +43,8 @@ from ptrain import (
 
 STATE = "grpo"
 LossType = Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo"]
+SUMS_TOKENS = ("dapo", "dr_grpo", "bnpo", "cispo")
+"""Losses that sum per-token terms: with sequence-level ratios each completion counts by its length (TRL warns)."""
 
 
 @dataclass
@@ -71,6 +73,9 @@ class GRPOSection:
     """Optimisation passes over each batch of generated completions."""
     mask_truncated_completions: bool = False
     """Leave completions cut at ``max_completion_length`` out of the loss (DAPO)."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Where the policy ratio is taken and clipped: per ``token`` (GRPO), or once per completion from the mean
+    token log-ratio, ``sequence`` (GSPO, Zheng et al. 2025: steadier when the ratios of single tokens are noisy)."""
 
     def validate(self) -> None:
         if not self.rewards and not self.reward_models:
@@ -271,6 +276,7 @@ def build_trainer(run: Run) -> Any:
         epsilon=section.epsilon,
         num_iterations=section.num_iterations,
         mask_truncated_completions=section.mask_truncated_completions,
+        importance_sampling_level=section.importance_sampling_level,
         reward_weights=[weight for _, weight, _ in scored],
         include_num_input_tokens_seen=False,  # GRPO counts prompt and completion tokens itself
     )
@@ -284,12 +290,19 @@ def build_trainer(run: Run) -> Any:
         "num_generations": section.num_generations,
         "beta": section.beta,
         "loss_type": section.loss_type,
+        "importance_sampling_level": section.importance_sampling_level,
         "reference": reference,
     }
     run.log.info(
-        "grpo: rewards %s, %d completions per prompt, beta %s (reference: %s)",
-        ", ".join(f"{name} x{weight:g}" for name, weight, _ in scored), section.num_generations, section.beta, reference,
+        "grpo: rewards %s, %d completions per prompt, loss %s, importance sampling per %s, beta %s (reference: %s)",
+        ", ".join(f"{name} x{weight:g}" for name, weight, _ in scored), section.num_generations, section.loss_type,
+        section.importance_sampling_level, section.beta, reference,
     )
+    if section.importance_sampling_level == "sequence" and section.loss_type in SUMS_TOKENS:
+        run.log.warning(
+            "grpo: importance_sampling_level = \"sequence\" with loss_type %r weighs each completion by its length, "
+            "which is not GSPO's objective; set grpo.loss_type = \"grpo\" to train GSPO as published", section.loss_type,
+        )
     trainer = GRPOTrainer(
         model=run.model,
         reward_funcs=[_named(name, function) for name, _, function in scored],

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import RECIPES
-from ptrain import RecipeError
+from ptrain import RecipeError, hookimpl
 from ptrain.testing import tiny_recipe
 
 
@@ -25,6 +25,55 @@ def test_grpo_with_lora_validates(ptrain_validate):
 def test_eval_batch_must_hold_whole_groups_when_evaluating_during_training(ptrain_validate):
     with pytest.raises(RecipeError, match=r"eval\.batch_size: evaluating during training samples 4 completions"):
         ptrain_validate(tiny_recipe(["grpo"], train={"batch_size": 8, "eval_steps": 5}, eval={"batch_size": 6}))
+
+
+def test_importance_sampling_level_is_one_of_two(ptrain_validate):
+    with pytest.raises(RecipeError, match=r"grpo\.importance_sampling_level: expected one of 'token', 'sequence', got 'seq'") as error:
+        ptrain_validate(tiny_recipe(["grpo"], grpo={"importance_sampling_level": "seq"}, train={"batch_size": 8}))
+    assert "\n" not in str(error.value)
+
+
+class TrainerBuilt(Exception):
+    """Raised by :func:`trainer_probe` once the trainer exists: a test of its arguments needs no training."""
+
+
+def trainer_probe(seen):
+    """A modifier plugin that hands the run and the trainer GRPO built to the test, then stops the run."""
+
+    class Probe:
+        """probe: records the built trainer for a test"""
+
+        @hookimpl(wrapper=True)
+        def build_trainer(self, run):
+            trainer = yield
+            seen.append((run, trainer))
+            raise TrainerBuilt
+
+    return Probe()
+
+
+@pytest.mark.parametrize(
+    "level, loss_type, warned",
+    [("sequence", "grpo", False), ("sequence", "dapo", True), ("token", "dapo", False)],
+)
+def test_importance_sampling_level_reaches_the_trainer(ptrain_run, caplog, level, loss_type, warned):
+    """GSPO (``sequence``) is TRL's GRPOConfig.importance_sampling_level; TRL's default is ``token``, so the
+    ``sequence`` cases fail if the option is dropped on the way. No training: the probe stops the run."""
+    seen = []
+    recipe = tiny_recipe(
+        ["grpo", "probe"], grpo={"importance_sampling_level": level, "loss_type": loss_type, "max_completion_length": 8},
+        train={"batch_size": 8}, eval={"base": False},
+    )
+    with caplog.at_level("INFO", logger="ptrain"), pytest.raises(TrainerBuilt):
+        ptrain_run(recipe, plugins={"probe": trainer_probe(seen)})
+    (run, trainer), = seen
+    assert type(trainer).__name__ == "GRPOTrainer"
+    assert trainer.args.importance_sampling_level == level and trainer.importance_sampling_level == level
+    assert trainer.args.loss_type == loss_type
+    assert run.metrics["grpo"]["importance_sampling_level"] == level
+    assert f"loss {loss_type}, importance sampling per {level}" in caplog.text
+    # sequence-level ratios under a loss that sums tokens is not GSPO as published: ptrain says so on its own line
+    assert ("not GSPO's objective" in caplog.text) is warned, caplog.text
 
 
 @pytest.mark.slow
