@@ -157,6 +157,8 @@ def test_the_tool_recipes_validate(ptrain_validate):
     assert sft.data.chat_template == "recipes/tools/chatml_tools_tiny.jinja"
     grpo = ptrain_validate(RECIPES / "grpo_tools_tiny.toml", "model.name=builtin:tiny-llama")
     assert grpo.section("grpo").tools == ["calculator"] and grpo.section("grpo").max_tool_turns == 1
+    smollm2 = ptrain_validate(RECIPES / "grpo_tools_smollm2.toml")
+    assert smollm2.section("grpo").tools == ["calculator"] and smollm2.methods == ["grpo", "lora"]
 
 
 # ------------------------------------------------------------------ called during a rollout, logged
