@@ -402,6 +402,25 @@ def stop_at_turn_end(model: Any, tokenizer: Any) -> None:
         model.generation_config.eos_token_id = [*eos, end] if eos else [tokenizer.eos_token_id, end]
 
 
+def bos_in_template(tokenizer: Any) -> str | None:
+    """The tokenizer's template with ``{{ bos_token }}`` in front where the tokenizer adds a BOS the template does not
+    render (the tiny llama's ``<s>``), else None. TRL renders rollout prompts with the template alone, while training
+    and ptrain's generation tokenize text with the BOS: without it a warm-started model samples from prompts it never
+    saw (a 700-step warm start then stopped right after ``<tool_call>``)."""
+    bos, template = tokenizer.bos_token, tokenizer.chat_template
+    if not bos or not isinstance(template, str):
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text)["input_ids"]
+    return "{{ bos_token }}" + template if not text.startswith(bos) and ids and ids[0] == tokenizer.bos_token_id else None
+
+
+def _with_special_tokens(tokenizer: Any, text: str) -> list[int]:
+    """``text``'s ids with the tokenizer's BOS unless the template already rendered it."""
+    bos = tokenizer.bos_token
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+
 @hookimpl
 def build_trainer(run: Run) -> Any:
     from trl import GRPOConfig, GRPOTrainer
@@ -469,6 +488,20 @@ def build_trainer(run: Run) -> Any:
                               "results; set data.chat_template to one that does (recipes/tools/chatml_tools.jinja is one)") from None
         raise
     use_chunked_loss(run, trainer, temperature=section.temperature)  # policy and reference log-probs, chunk by chunk
+    rollout_template = bos_in_template(run.tokenizer) if tools else None
+    if rollout_template:  # for the rollouts only: the core's text prompts get their BOS from the tokenizer, and the export keeps the template
+        from transformers import TrainerCallback
+
+        original = run.tokenizer.chat_template
+
+        class RestoreTemplate(TrainerCallback):
+            def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                run.tokenizer.chat_template = rollout_template
+
+            def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                run.tokenizer.chat_template = original
+
+        trainer.add_callback(RestoreTemplate())
     return trainer
 
 
@@ -561,14 +594,14 @@ def tool_rollouts(run: Run, conversations: list[list[dict[str, Any]]], tools: li
                 chunk = active[start:start + size]
                 texts = [tokenizer.apply_chat_template(conversations[i] + trajectories[i], tools=callables, tokenize=False,
                                                        add_generation_prompt=True) for i in chunk]
-                batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                encoded = [_with_special_tokens(tokenizer, text) for text in texts]
+                batch = tokenizer.pad({"input_ids": encoded}, return_tensors="pt").to(model.device)
                 with torch.no_grad():
                     output = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, temperature=None,
                                             top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
-                for i, text, row in zip(chunk, texts, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
+                for i, prefix, row in zip(chunk, encoded, output[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
                     row = row[: next((j + 1 for j, t in enumerate(row) if t in stop), len(row))]
                     new_tokens += len(row)
-                    prefix = tokenizer(text, add_special_tokens=False)["input_ids"]
                     message = parse_response(tokenizer, row, prefix=prefix, tools=callables)
                     trajectories[i].append(message)
                     if message.get("tool_calls") and turn < max_turns:
