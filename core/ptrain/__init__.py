@@ -65,6 +65,8 @@ from ptrain._run import Run
 from ptrain._sections import DataSection, EvalSection, ModelSection, TrainSection, check_template
 from ptrain._tasks import TASKS, Task
 from ptrain._tasks import generate as generate_tasks
+from ptrain._templates import check_tool_template
+from ptrain._tools import run_tool
 from ptrain._training import train_auxiliary, training_arguments, world_size
 from ptrain._types import (
     ROW_FIELDS,
@@ -77,6 +79,7 @@ from ptrain._types import (
     LoadedModel,
     ReportRow,
     RewardFunction,
+    Tool,
     TrainingSetup,
 )
 from ptrain.hookspecs import hookimpl
@@ -85,12 +88,12 @@ __version__ = "0.2.0"
 __all__ = [
     # the contract
     "hookimpl", "Run", "Recipe", "LoadedModel", "DataSplits", "TrainingSetup", "ReportRow",
-    "DataFormat", "DataSource", "DataRequest", "ROW_FIELDS", "RewardFunction", "TRAITS", "HeldOut",
+    "DataFormat", "DataSource", "DataRequest", "ROW_FIELDS", "RewardFunction", "Tool", "TRAITS", "HeldOut",
     "ModelSection", "DataSection", "TrainSection", "EvalSection",
     # errors
     "PtrainError", "UsageError", "RecipeError", "DataError",
     # checks at validation (nothing heavy)
-    "check_template", "check_model_name", "is_local",
+    "check_template", "check_model_name", "is_local", "check_tool_template",
     # model facts without weights, and the memory plan (nothing heavy)
     "model_facts", "ModelFacts", "FactsUnavailable", "TrainingPlan", "MemoryTerm",
     # models
@@ -105,7 +108,7 @@ __all__ = [
     # measuring
     "generate", "Generations", "completion_loss", "completion_logprobs", "task_scores", "metric_for", "METRICS",
     "exact_match", "json_match", "numeric_match", "valid_json", "perplexity", "sliding_window_perplexity",
-    "preference_metrics", "reward_scores", "answer_text", "check_rewards", "is_language_model",
+    "preference_metrics", "reward_scores", "answer_text", "check_rewards", "run_tool", "is_language_model",
     "measure_memory", "MemoryUsage", "memory_in_use_mb", "footprint_bytes",
     # writing
     "atomic_dir", "write_json", "write_jsonl", "write_text", "dir_size", "write_model_card",

@@ -599,9 +599,9 @@ def data(recipe: str, overrides: tuple[str, ...], count: int, split: str, as_jso
 
 @cli.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (everything the verbose view shows).")
-@click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources, rewards and traits.")
+@click.option("--verbose", "-v", is_flag=True, help="Also each plugin's hooks, recipe sections, data formats, sources, rewards, tools and traits.")
 def list_methods(as_json: bool, verbose: bool) -> None:
-    """Installed plugins: name, distribution, version, kind (trainer, modifier, data, reward, evaluator) and status."""
+    """Installed plugins: name, distribution, version, kind (trainer, modifier, data, reward, tools, evaluator) and status."""
     from ptrain._registry import PluginRegistry
 
     infos = PluginRegistry.discover().inspect_all()
@@ -625,12 +625,12 @@ def list_methods(as_json: bool, verbose: bool) -> None:
         console.print(text.replace(f"  {info.status}  ", f"  [{colour}]{info.status}[/]  ", 1), soft_wrap=True)
         if verbose and info.status == "ok":
             declared = [("hooks", info.hooks), ("sections", sorted(info.sections)), ("formats", info.formats),
-                        ("sources", info.sources), ("rewards", info.rewards), ("traits", info.traits)]
+                        ("sources", info.sources), ("rewards", info.rewards), ("tools", info.tools), ("traits", info.traits)]
             for what, items in declared:
                 if items:
                     console.print(f"    {what}: {escape(', '.join(items))}", soft_wrap=True)
     if not verbose:
-        console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources, rewards and traits[/]")
+        console.print("[dim]ptrain list -v: each plugin's hooks, sections, data formats, sources, rewards, tools and traits[/]")
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:

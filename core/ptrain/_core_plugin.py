@@ -15,7 +15,8 @@ from ptrain._errors import RecipeError
 from ptrain._formats import CORE_FORMATS
 from ptrain._rewards import CORE_REWARDS
 from ptrain._sources import CORE_SOURCES
-from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, ReportRow, RewardFunction
+from ptrain._tools import CORE_TOOLS
+from ptrain._types import DataFormat, DataSource, DataSplits, LoadedModel, ReportRow, RewardFunction, Tool
 from ptrain.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -81,6 +82,13 @@ def data_sources() -> list[DataSource]:
 def reward_functions() -> list[RewardFunction]:
     """The built-ins score the core's own tasks with its own metrics: any online RL method may name them."""
     return CORE_REWARDS
+
+
+@hookimpl
+def tools() -> list[Tool]:
+    """The built-ins serve the core's own tasks (a calculator for arithmetic, a type lookup for AVRO): any method
+    that runs tool-calling rollouts may name them."""
+    return CORE_TOOLS
 
 
 @hookimpl

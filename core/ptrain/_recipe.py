@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptrain import _data, _paths, _rewards, _schema
+from ptrain import _data, _paths, _rewards, _schema, _tools
 from ptrain._errors import DataError, RecipeError
 from ptrain._sections import (
     DataSection,
@@ -27,7 +27,7 @@ from ptrain._sections import (
     OutputSection,
     TrainSection,
 )
-from ptrain._types import RewardFunction
+from ptrain._types import RewardFunction, Tool
 
 CORE_SECTIONS: dict[str, type] = {
     "model": ModelSection,
@@ -48,7 +48,7 @@ class Recipe:
     What ``validate_recipe`` hooks read: ``methods``, ``section(name)`` (and the core sections as
     ``model``, ``data``, ``train``, ``eval``, ``output``, ``distributed``), ``trainer_owner``,
     ``traits(method)`` and ``methods_with(trait)``, ``data_fields``, ``data_format``,
-    ``data_options(name)``, ``reward_functions`` and ``reward_function(name, key)``.
+    ``data_options(name)``, ``reward_functions`` and ``reward_function(name, key)``, ``tools`` and ``tool(name, key)``.
     """
 
     name: str
@@ -67,6 +67,8 @@ class Recipe:
     """The :class:`ptrain._registry.MethodSet` of this recipe (the core's, not for plugins)."""
     rewards: dict[str, tuple[str, Any]] = field(default_factory=dict, repr=False, compare=False)
     """Reward name -> (plugin, :class:`ptrain.RewardFunction`) (the core's; plugins read ``reward_functions``)."""
+    tool_registry: dict[str, tuple[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    """Tool name -> (plugin, :class:`ptrain.Tool`) (the core's; plugins read ``tools``)."""
     registry: Any = field(default=None, repr=False, compare=False)
     """Every installed plugin (the core's, for hints naming a plugin the recipe does not list)."""
     source_of: Callable[[str], str] = field(default=lambda key: "recipe", repr=False, compare=False)
@@ -150,6 +152,19 @@ class Recipe:
             return self.rewards[name][1]
         providers = self.registry.providers("reward_functions", name) if self.registry is not None else []
         raise self.error(_rewards.unknown(name, list(self.rewards), providers), key)
+
+    @property
+    def tools(self) -> dict[str, Tool]:
+        """Every tool this recipe can name: the core's built-ins and those of the plugins in ``methods``."""
+        return {name: tool for name, (_, tool) in self.tool_registry.items()}
+
+    def tool(self, name: str, key: str) -> Tool:
+        """The tool called ``name``; else a RecipeError for ``key`` naming the known tools and an installed plugin
+        that provides it but is not in ``methods``. For ``validate_recipe`` and run-time hooks."""
+        if name in self.tool_registry:
+            return self.tool_registry[name][1]
+        providers = self.registry.providers("tools", name) if self.registry is not None else []
+        raise self.error(_tools.unknown(name, list(self.tool_registry), providers), key)
 
     def error(self, message: str, key: str) -> RecipeError:
         """A RecipeError for ``key`` naming the file that set it."""
@@ -423,6 +438,7 @@ def validate_table(
     try:
         data_plan = _data.plan(sections["data"], catalog, seed, read_local=check_data)
         rewards = _rewards.collect(plugins.collect_by_plugin("reward_functions"))
+        tools = _tools.collect(plugins.collect_by_plugin("tools"))
     except RecipeError as err:
         raise _with_source(err, source) from None
     except DataError as err:
@@ -440,6 +456,7 @@ def validate_table(
         catalog=catalog,
         plugins=plugins,
         rewards=rewards,
+        tool_registry=tools,
         registry=registry,
         source_of=source,
         method_traits=_traits(plugins, trainers, source),

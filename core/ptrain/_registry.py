@@ -25,7 +25,7 @@ from ptrain._schema import suggest
 GROUP = "ptrain"
 DISABLE_ENV = "PTRAIN_DISABLE_PLUGINS"
 CORE_NAME = "core"
-DECLARING = ("recipe_sections", "method_traits", "data_formats", "data_sources", "reward_functions", "report_rows")
+DECLARING = ("recipe_sections", "method_traits", "data_formats", "data_sources", "reward_functions", "tools", "report_rows")
 """Hooks that declare things (called on each plugin on its own, results kept per plugin)."""
 MODIFYING = ("load_model", "prepare_data", "training_setup", "evaluate", "export", "validate_recipe")
 
@@ -42,13 +42,14 @@ class PluginInfo:
     """``ok``, ``failed``, ``disabled`` or ``not loaded``."""
     hooks: list[str] = field(default_factory=list)
     kind: str = ""
-    """``trainer``, ``modifier``, ``data``, ``reward``, ``evaluator`` (comma-joined when several)."""
+    """``trainer``, ``modifier``, ``data``, ``reward``, ``tools``, ``evaluator`` (comma-joined when several)."""
     description: str = ""
     error: str = ""
     sections: dict[str, type] = field(default_factory=dict)
     formats: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     rewards: list[str] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
     traits: list[str] = field(default_factory=list)
     traceback: str = ""
 
@@ -65,6 +66,7 @@ class PluginInfo:
             "formats": self.formats,
             "sources": self.sources,
             "rewards": self.rewards,
+            "tools": self.tools,
             "traits": self.traits,
             "module": self.target,
             "error": self.error,
@@ -235,6 +237,7 @@ class PluginRegistry:
                 info.formats = [f.name for f in methods.declared(name, "data_formats")]
                 info.sources = [s.name for s in methods.declared(name, "data_sources")]
                 info.rewards = [r.name for r in methods.declared(name, "reward_functions")]
+                info.tools = [t.name for t in methods.declared(name, "tools")]
                 info.traits = sorted(set(methods.declared(name, "method_traits")))
             except Exception as err:  # reported in the listing, never raised
                 if info.status != "failed":
@@ -243,7 +246,7 @@ class PluginRegistry:
         return [self.core_info(), *(self._entries[n] for n in self.names())]
 
     def core_info(self) -> PluginInfo:
-        """The core as ``ptrain list`` shows it: what every recipe has without naming a plugin (formats, sources, rewards)."""
+        """The core as ``ptrain list`` shows it: what every recipe has without naming a plugin (formats, sources, rewards, tools)."""
         methods = self.load([])
         try:
             version = importlib.metadata.version("ptrain")
@@ -257,10 +260,11 @@ class PluginRegistry:
             status="ok",
             hooks=methods.hooks_of(CORE_NAME),
             kind=methods.kind(CORE_NAME),
-            description="built in: the data formats, sources and rewards every recipe has",
+            description="built in: the data formats, sources, rewards and tools every recipe has",
             formats=[f.name for f in methods.declared(CORE_NAME, "data_formats")],
             sources=[s.name for s in methods.declared(CORE_NAME, "data_sources")],
             rewards=[r.name for r in methods.declared(CORE_NAME, "reward_functions")],
+            tools=[t.name for t in methods.declared(CORE_NAME, "tools")],
         )
 
     def providers(self, hook: str, wanted: str) -> list[str]:
@@ -372,6 +376,8 @@ class MethodSet:
             kinds.append("data")
         if "reward_functions" in hooks:
             kinds.append("reward")
+        if "tools" in hooks:
+            kinds.append("tools")
         changes = hooks & (set(MODIFYING) - {"evaluate", "validate_recipe"}) or name in self.trainer_modifiers()
         if not kinds and "evaluate" in hooks and not changes:
             kinds.append("evaluator")  # measures the model, changes nothing another method does

@@ -219,3 +219,50 @@ def check_recipe(recipe: Any) -> None:
         problem = tool_problem(render, row, prompt, answer)
         if problem:
             raise tools_error(where, owner, problem)
+
+
+PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool_x7", "description": "probe",
+              "parameters": {"type": "object", "properties": {"probe_arg_y8": {"type": "string"}}, "required": ["probe_arg_y8"]}}}
+PROBE_CALL = {"type": "function", "function": {"name": "probe_tool_x7", "arguments": {"probe_arg_y8": "probe_value_z9"}}}
+
+
+def tool_rendering_problem(render: Render) -> str | None:
+    """What a template loses of a tool-calling exchange (tools in the prompt, the assistant's call, the tool's
+    result), as TRL's ``supports_tool_calling`` checks it, or None when it renders all of it."""
+    user = [{"role": "user", "content": "Hi"}]
+    exchange = [*user, {"role": "assistant", "content": "", "tool_calls": [PROBE_CALL]},
+                {"role": "tool", "name": "probe_tool_x7", "content": "probe_result_w6"}]
+    try:
+        missing = ["the tools"] if render(user, [PROBE_TOOL], True) == render(user, None, True) else []
+        text = render(exchange, [PROBE_TOOL], True)
+    except Exception as err:
+        return f"a tool-calling conversation ({clip(str(err))})"
+    if "probe_value_z9" not in text:
+        missing.append("the assistant's tool calls")
+    if "probe_result_w6" not in text:
+        missing.append("the tool's results")
+    return ", ".join(missing) or None
+
+
+def check_tool_template(recipe: Any, key: str) -> None:
+    """At ``ptrain validate``, for a method that lets the model call tools: the chat template the run will use
+    (``data.chat_template``, else the model's own) renders the tools, the calls and their results; otherwise a
+    RecipeError for ``key`` saying how to fix it. A template that cannot be read here (a hub model not yet
+    downloaded) is checked at the start of the run, on the tokenizer."""
+    custom = read_template(recipe.data.chat_template) if recipe.data.chat_template else None
+    model = recipe.model.tokenizer or recipe.model.name
+    found = (custom, "", "") if custom is not None else model_template(model)
+    if found is None:
+        return
+    try:
+        render = jinja_renderer(*found)
+    except Exception as err:
+        raise RecipeError(f"the chat template does not compile ({clip(str(err))}); fix the Jinja", key="data.chat_template") from None
+    problem = tool_rendering_problem(render)
+    if problem:
+        owner = "data.chat_template" if custom is not None else f"model {model}'s chat template"
+        raise RecipeError(
+            f"{owner} does not render {problem}: the model could not see or call the tools; set data.chat_template to a "
+            "template that renders tools and tool_calls (recipes/tools/chatml_tools.jinja is one)",
+            key=key,
+        )

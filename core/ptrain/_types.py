@@ -145,6 +145,45 @@ class RewardFunction:
 
 
 @dataclass(frozen=True)
+class Tool:
+    """A named tool a model may call while it answers, registered through the ``tools`` hook.
+
+    ``function`` is a plain Python function with type-hinted arguments and a Google-style docstring
+    (a summary line, then ``Args:`` with one line per argument): its JSON schema, what the chat template
+    shows the model, is derived from them as transformers' ``get_json_schema`` does (:meth:`schema`), so
+    the docstring is the tool's documentation for the model as much as for people. The model calls it
+    with keyword arguments parsed from its tool call; the result is turned into text (``str``) and fed
+    back as the ``tool`` turn. Raise an exception for a call it cannot answer (bad arguments): the
+    rollout feeds the error back as the result and counts a failed call. ``name`` is the name the model
+    calls and the recipe names (``[grpo] tools = ["calculator"]``); it may differ from the function's.
+    """
+
+    name: str
+    function: Callable[..., Any]
+    description: str = ""
+    """One line for ``ptrain list -v``; the model sees the docstring's summary."""
+
+    def callable(self) -> Callable[..., Any]:
+        """``function`` under ``name``, with its signature and docstring: what TRL's ``tools=`` and
+        ``apply_chat_template(tools=...)`` take (both read ``__name__``, the type hints and the docstring)."""
+        import functools
+
+        @functools.wraps(self.function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.function(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = self.name
+        return call
+
+    def schema(self) -> dict[str, Any]:
+        """The tool's JSON schema as chat templates receive it (``{"type": "function", "function": {...}}``),
+        derived by transformers' ``get_json_schema`` (imports transformers)."""
+        from transformers.utils import get_json_schema
+
+        return get_json_schema(self.callable())
+
+
+@dataclass(frozen=True)
 class ReportRow:
     """A row a method wants in the end-of-run table and in ``ptrain compare``, from the ``report_rows`` hook.
 

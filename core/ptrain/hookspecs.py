@@ -13,7 +13,7 @@ Kinds of plugin, by the hooks they implement (``ptrain list`` shows the kind):
 * a **modifier** changes what others do: ``load_model``/``prepare_data``/``build_trainer``
   wrappers, ``training_setup``, ``evaluate``, ``export``;
 * a **data** plugin adds ``data_formats`` or ``data_sources``; a **reward** plugin adds
-  ``reward_functions``;
+  ``reward_functions``; a **tools** plugin adds ``tools`` (functions a model calls while it answers);
 * an **evaluator** implements ``evaluate`` (with its section, checks and report rows) and nothing
   that changes the model, the data or the trainer: it measures, it trains nothing.
 
@@ -23,7 +23,7 @@ When hooks fire::
 
     ptrain validate / ptrain run      (nothing heavy imported)
       recipe_sections, method_traits, data_formats, data_sources,
-      reward_functions                                                 -> the recipe is checked
+      reward_functions, tools                                          -> the recipe is checked
       validate_recipe(recipe)                                          -> whole-recipe checks
     ptrain plan / ptrain run (nothing heavy imported, no weights read)
       plan_memory(plan)        -> the predicted training memory, term by term
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         LoadedModel,
         ReportRow,
         RewardFunction,
+        Tool,
         TrainingSetup,
     )
 
@@ -166,6 +167,23 @@ def reward_functions() -> list[RewardFunction]:
     Result rule: all results are collected; a name registered twice is an error. A function returns
     one finite number (or None) per completion; the method that calls it checks that with
     :func:`ptrain.check_rewards`, which stops the run with one line naming the reward otherwise.
+    """
+
+
+@hookspec
+def tools() -> list[Tool]:
+    """Named tools a model may call while it answers (``[grpo] tools = ["calculator"]`` in a recipe).
+
+    :return: :class:`ptrain.Tool` objects: a name, a plain Python function with type hints and a
+        Google-style docstring (its JSON schema, what the chat template shows the model, is derived from
+        them as transformers' ``get_json_schema`` does), and a one-line description. The core's:
+        ``calculator`` (``+ - * /`` and parentheses, parsed, never ``eval``-ed) and ``avro_type``.
+
+    Result rule: all results are collected; a name registered twice, or a tool whose docstring does not
+    describe every type-hinted argument, is a recipe error naming the plugin (at validation, nothing heavy).
+    The method that runs rollouts parses each call from the generated text, calls the function with its
+    keyword arguments and feeds ``str(result)`` back as a ``tool`` turn; an exception becomes
+    ``{'error': ...}`` in that turn (a failed call the model sees), never a failed run.
     """
 
 

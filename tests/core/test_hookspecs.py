@@ -11,7 +11,7 @@ HOOKS = [
 
 def test_the_hooks_exist():
     assert {"load_model", "prepare_data", "build_trainer", "evaluate", "export"} <= set(HOOKS)
-    assert {"recipe_sections", "validate_recipe", "data_formats", "data_sources", "reward_functions", "report_rows",
+    assert {"recipe_sections", "validate_recipe", "data_formats", "data_sources", "reward_functions", "tools", "report_rows",
             "training_setup"} <= set(HOOKS)
 
 
