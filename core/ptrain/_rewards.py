@@ -113,27 +113,41 @@ def check_rewards(name: str, scores: Any, count: int) -> list[float | None]:
     return given
 
 
-def collect(by_plugin: dict[str, list[RewardFunction]]) -> dict[str, tuple[str, RewardFunction]]:
-    """Name -> (plugin, reward function); a name two plugins register is a RecipeError."""
-    found: dict[str, tuple[str, RewardFunction]] = {}
-    for plugin, rewards in by_plugin.items():
-        for reward in rewards or []:
-            if not isinstance(reward, RewardFunction) or not callable(reward.function):
-                raise RecipeError(f"plugin {plugin!r} declares a reward function that is not a ptrain.RewardFunction: {reward!r}")
-            if reward.name in found:
+def collect_named(by_plugin: dict[str, list[Any]], cls: type, what: str, check: Any = None) -> dict[str, tuple[str, Any]]:
+    """Name -> (plugin, item) for a kind of named callables (reward functions, tools); an item that is not a ``cls``,
+    one ``check`` finds a problem with, or a name two plugins register is a RecipeError."""
+    found: dict[str, tuple[str, Any]] = {}
+    for plugin, items in by_plugin.items():
+        for item in items or []:
+            if not isinstance(item, cls) or not callable(item.function):
+                raise RecipeError(f"plugin {plugin!r} declares a {what} that is not a ptrain.{cls.__name__}: {item!r}")
+            problem = check(item) if check else None
+            if problem:
+                raise RecipeError(f"plugin {plugin!r} declares {what} {item.name!r}, and {problem}", key="methods")
+            if item.name in found:
                 raise RecipeError(
-                    f"reward function {reward.name!r} is registered by both {found[reward.name][0]!r} and {plugin!r}; keep one of them",
+                    f"{what} {item.name!r} is registered by both {found[item.name][0]!r} and {plugin!r}; keep one of them",
                     key="methods",
                 )
-            found[reward.name] = (plugin, reward)
+            found[item.name] = (plugin, item)
     return found
+
+
+def unknown_name(what: str, plural: str, name: str, known: list[str], providers: list[str]) -> str:
+    """The message for a ``what`` name no plugin of the recipe registers."""
+    message = f"unknown {what} {name!r}{suggest(name, known)} ({plural}: {', '.join(sorted(known)) or 'none'})"
+    if providers:
+        message += f"; plugin {providers[0]!r} provides {name!r}: add it to methods"
+    else:
+        message += f"; a plugin that adds {plural} takes part only when the recipe's methods name it (ptrain list -v shows them)"
+    return message
+
+
+def collect(by_plugin: dict[str, list[RewardFunction]]) -> dict[str, tuple[str, RewardFunction]]:
+    """Name -> (plugin, reward function); a name two plugins register is a RecipeError."""
+    return collect_named(by_plugin, RewardFunction, "reward function")
 
 
 def unknown(name: str, known: list[str], providers: list[str]) -> str:
     """The message for a reward name no plugin of the recipe registers."""
-    message = f"unknown reward function {name!r}{suggest(name, known)} (rewards: {', '.join(sorted(known)) or 'none'})"
-    if providers:
-        message += f"; plugin {providers[0]!r} provides {name!r}: add it to methods"
-    else:
-        message += "; a plugin that adds rewards takes part only when the recipe's methods name it (ptrain list -v shows them)"
-    return message
+    return unknown_name("reward function", "rewards", name, known, providers)

@@ -17,8 +17,7 @@ import operator
 import re
 from typing import Any
 
-from ptrain._errors import RecipeError
-from ptrain._schema import suggest
+from ptrain._rewards import collect_named, unknown_name
 from ptrain._tasks import AVRO_WORDS
 from ptrain._types import Tool
 
@@ -107,30 +106,12 @@ def tool_problem(tool: Tool) -> str | None:
 
 def collect(by_plugin: dict[str, list[Tool]]) -> dict[str, tuple[str, Tool]]:
     """Name -> (plugin, tool); a name two plugins register, or a tool transformers cannot describe, is a RecipeError."""
-    found: dict[str, tuple[str, Tool]] = {}
-    for plugin, tools in by_plugin.items():
-        for tool in tools or []:
-            if not isinstance(tool, Tool) or not callable(tool.function):
-                raise RecipeError(f"plugin {plugin!r} declares a tool that is not a ptrain.Tool: {tool!r}")
-            problem = tool_problem(tool)
-            if problem:
-                raise RecipeError(f"plugin {plugin!r} declares tool {tool.name!r}, and {problem}", key="methods")
-            if tool.name in found:
-                raise RecipeError(
-                    f"tool {tool.name!r} is registered by both {found[tool.name][0]!r} and {plugin!r}; keep one of them", key="methods"
-                )
-            found[tool.name] = (plugin, tool)
-    return found
+    return collect_named(by_plugin, Tool, "tool", tool_problem)
 
 
 def unknown(name: str, known: list[str], providers: list[str]) -> str:
     """The message for a tool name no plugin of the recipe registers."""
-    message = f"unknown tool {name!r}{suggest(name, known)} (tools: {', '.join(sorted(known)) or 'none'})"
-    if providers:
-        message += f"; plugin {providers[0]!r} provides {name!r}: add it to methods"
-    else:
-        message += "; a plugin that adds tools takes part only when the recipe's methods name it (ptrain list -v shows them)"
-    return message
+    return unknown_name("tool", "tools", name, known, providers)
 
 
 def run_tool(tools: dict[str, Any], name: str, arguments: Any) -> tuple[str, bool]:
