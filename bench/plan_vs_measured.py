@@ -43,12 +43,25 @@ TINY_CASES: list[tuple[str, Path, list[str]]] = [
     ("reward", R / "sft_tiny.toml", ['methods=["reward"]', *PAIRS]),
     ("grpo", R / "grpo_tiny.toml", [TINY]),
 ]
+SMOL = "model.name=\"builtin:smollm2-135m-instruct\""
+FULL = R / "peft" / "01_full.toml"
 HEAVY_CASES: list[tuple[str, Path, list[str]]] = [
     ("SmolLM2 lora (quickstart)", R / "quickstart.toml", []),
     ("SmolLM2 lora, checkpointing", R / "quickstart.toml", ["train.gradient_checkpointing=true"]),
-    ("SmolLM2 full sft", R / "peft" / "01_full.toml", []),
+    ("SmolLM2 full sft", FULL, []),
     ("SmolLM2 qlora", R / "phase1" / "3_qlora.toml", []),
+    ("SmolLM2 dora", R / "peft" / "03_dora.toml", []),
     ("SmolLM2 ia3", R / "peft" / "07_ia3.toml", []),
+    ("SmolLM2 loha", R / "peft" / "08_loha.toml", []),
+    ("SmolLM2 lokr", R / "peft" / "09_lokr.toml", []),
+    ("SmolLM2 prompt_tuning", R / "peft" / "10_prompt_tuning.toml", []),
+    ("SmolLM2 prefix_tuning", R / "peft" / "11_prefix_tuning.toml", []),
+    ("SmolLM2 p_tuning", R / "peft" / "12_p_tuning.toml", []),
+    ("SmolLM2 distill (logit, 7 layers)", R / "phase1" / "4_distill_student.toml", ['distill.teacher="builtin:smollm2-135m-instruct"']),
+    ("SmolLM2 dpo", DPO / "dpo_tiny.toml", [SMOL, "train.batch_size=8"]),
+    ("SmolLM2 kto", FULL, ['methods=["kto"]', *PAIRS]),
+    ("SmolLM2 orpo", FULL, ['methods=["orpo"]', *PAIRS]),
+    ("SmolLM2 reward", FULL, ['methods=["reward"]', *PAIRS]),
     ("SmolLM2 grpo", R / "grpo_smollm2.toml", []),
 ]
 QUIET = ["eval.base=false", "eval.max_samples=0", "output.save_model=false", "output.plots=false", "output.report=false"]
@@ -60,7 +73,7 @@ def replan(recipe: Path, settings: list[str], before: dict) -> dict:
     from ptrain._recipe import load_recipe
 
     loaded = load_recipe(recipe, settings)
-    return plan_training(loaded, device=before["device"], sequence_length=before["sequence_length"],
+    return plan_training(loaded, device=before["device"], sequence_length=before.get("data_sequence_length", before["sequence_length"]),
                          prompt_length=before.get("prompt_length")).as_metrics()
 
 
@@ -76,8 +89,8 @@ def main() -> None:
     if args.only:
         cases = [c for c in cases if c[0] in args.only]
     print("| recipe | tokens/seq | predicted above baseline MiB | measured MiB | predicted / measured | "
-          "predicted w / g / o / a+ | measured w / g / o / a+ |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
+          "predicted w / g / o / a+ | measured w / g / o / a+ | predicted s/step | measured s/step |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
     errors = []
     with tempfile.TemporaryDirectory(prefix="plan-bench-") as scratch:
         for label, recipe, overrides in cases:
@@ -103,8 +116,11 @@ def main() -> None:
             def parts(d: dict) -> str:
                 return " / ".join(f"{d[k]:.0f}" for k in ("weights", "gradients", "optimizer_state", "activations_and_other"))
 
+            step_s = train.get("time_per_step_s") or (train["train_time_s"] / max(1, train["steps"]))  # median, first step left out
+            guess = predicted.get("time_per_step_s")
             print(f"| {label} | {predicted['sequence_length']} | {predicted['memory_above_baseline_mb']:.0f} | {measured:.0f} | "
-                  f"{ratio:.2f} | {parts(predicted['memory_breakdown_mb'])} | {parts(train['memory_breakdown_mb'])} |", flush=True)
+                  f"{ratio:.2f} | {parts(predicted['memory_breakdown_mb'])} | {parts(train['memory_breakdown_mb'])} | "
+                  f"{f'{guess:.2f}' if guess else ''} | {step_s:.2f} |", flush=True)
     if errors:
         print(f"\n{len(errors)} recipes: median |error| {100 * statistics.median(errors):.1f} %, largest {100 * max(errors):.1f} %; "
               f"{sum(e <= 0.2 for e in errors)} within ±20 %")

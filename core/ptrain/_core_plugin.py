@@ -100,6 +100,8 @@ def report_rows() -> list[ReportRow]:
         ReportRow("trainable parameters", "train.trainable_parameters", format="count"),
         ReportRow("training steps", "train.steps"),
         ReportRow("training time (s)", "train.train_time_s", chart="panel"),
+        ReportRow("time per step (s)", "train.time_per_step_s"),
+        ReportRow("predicted time per step (s)", "train.predicted.time_per_step_s"),
         ReportRow("peak training memory (MiB)", "train.peak_memory_mb"),
         ReportRow("training memory above baseline (MiB)", "train.memory_above_baseline_mb"),
         ReportRow("predicted memory above baseline (MiB)", "train.predicted.memory_above_baseline_mb"),

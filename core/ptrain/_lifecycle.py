@@ -437,11 +437,12 @@ def _train(run: Run) -> None:
         count_tokens,
         interrupt_callback,
         progress_callback,
+        step_timer_callback,
         world_size,
     )
 
     trainer = run.trainer
-    stopper = None
+    stopper = timer = None
     if hasattr(trainer, "add_callback"):
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -451,6 +452,8 @@ def _train(run: Run) -> None:
         stopper = interrupt_callback()
         trainer.add_callback(stopper)
         trainer.add_callback(all_ranks_saved_callback())
+        timer = step_timer_callback()
+        trainer.add_callback(timer)
     sharded = world_size() > 1 and use_fsdp_on_cpu(trainer)
     counted = count_tokens(trainer)
     log_scalars_into(trainer, run)
@@ -506,6 +509,7 @@ def _train(run: Run) -> None:
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "train_time_s": round(seconds, 2),
+        "time_per_step_s": timer.steady() if timer is not None else None,
         "tokens_seen": tokens,
         "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 and tokens else None,
         **_utilisation(run, trainer, tokens, seconds),

@@ -14,11 +14,13 @@ tokens per sequence, ``L`` layers, ``H`` hidden size, ``I`` MLP width, ``V`` voc
 * weights ``P x dtype`` (a 4-bit base: attention and MLP projections at 0.5 byte plus block scales,
   the rest at the compute dtype); adapters ``T x 4``;
 * gradients ``T x dtype``; optimizer state ``T x 8`` for AdamW (2 moments), 2 for 8-bit, 0 for SGD;
-* activations ``B S L (ACT_H H + ACT_I I) x act bytes`` without gradient checkpointing; with it
+* activations ``B S L (ACT_H H + ACT_KV K + ACT_I I) x act bytes`` (``K`` the keys' width, ``kv heads x
+  head dim``) without gradient checkpointing; with it
   ``B S L H`` (the layers' inputs) plus one layer's full activations. Gradients are allocated as
   backward frees activations, so the activation term is net of the gradients (as the runs' breakdown,
   whose remainder is the peak less weights, gradients and optimizer state);
-* logits ``LOGIT_COPIES x B S V x 4`` (the fp32 logits, their log-softmax, copies and gradients);
+* logits ``LOGIT_COPIES x B S V x 4`` (the fp32 logits, their log-softmax, copies and gradients), or
+  under ``train.chunked_loss`` ``CHUNK_COPIES x`` one chunk's tokens ``x V x 4``;
 * runtime: on CPU a measured constant for what the training loop allocates beside tensors (libraries
   imported after the baseline, the trainer, allocator slack); on CUDA 0 (allocated memory only).
 
@@ -42,19 +44,27 @@ MIB = 2**20
 KINDS = ("weights", "gradients", "optimizer_state", "activations_and_other")
 CPU_BASELINE_MB = 480.0
 """Resident memory of a process that imported torch, transformers, trl and peft (NOTES.md): the CPU baseline."""
-CPU_RUNTIME_MB = 120.0
+CPU_RUNTIME_MB = 105.0
 """What a CPU training run allocates above the baseline beside its tensors (libraries imported after the
-baseline, the trainer, allocator slack): fitted on the tiny recipes, where tensors are a few MiB."""
-ACT_H, ACT_I = 10, 3
-"""Values kept per token and layer for backward: ``ACT_H`` of hidden width (norm inputs and outputs,
-q/k/v, attention output, residuals) and ``ACT_I`` of MLP width (gate, up, their product). Fitted on
-SmolLM2-135M full fine-tuning on CPU (bench/README.md)."""
+baseline, the trainer, allocator slack): fitted on the tiny recipes, where tensors are a few MiB. The same
+recipes measured 100-120 MiB of it in different sessions (bench/README.md): about ±10 % of a tiny run's total."""
+ACT_H, ACT_KV, ACT_I = 9, 2, 4
+"""Values autograd saves per token and layer of a llama-family decoder: ``ACT_H`` of hidden width (the norms'
+inputs and outputs, queries, attention output, the residual stream), ``ACT_KV`` of the keys' width (keys and
+values after the rotary embedding) and ``ACT_I`` of MLP width (gate, up, the activation, their product).
+Counted, not fitted: ``torch.autograd.graph.saved_tensors_hooks`` over a forward of four shapes (SmolLM2-135M,
+TinyLlama-1.1B, the tiny llama, a multi-head 256-wide model) gives ``9 H + 2 K + 4 I`` within 1-3 % of
+each (bench/README.md, plan_vs_measured.py)."""
+FROZEN_H, FROZEN_I = 4.5, 3
+"""The same count when nothing inside the layers trains (prompt tuning, prefix tuning, P-tuning): a frozen
+projection's input is not kept for its weight's gradient, so ``4.5 H + 2 K + 3 I`` (counted the same way,
+within 1 % on three shapes)."""
 LOGIT_COPIES = 9
-CHUNK_COPIES = 3
-"""With ``train.chunked_loss``: one chunk's logits, their log-softmax and gradient (not yet fitted to a run)."""
 """Vocabulary-wide fp32 tensors per token alive at the peak: the logits, their log-softmax, the trainer's
 shifted copy and entropy, and their gradients. Fitted on SmolLM2-135M with gradient checkpointing, where
 the logits dominate."""
+CHUNK_COPIES = 3
+"""With ``train.chunked_loss``: one chunk's logits, their softmax and gradient (recomputed in backward)."""
 FOUR_BIT_BYTES = 0.5 + 4 / 64
 """Bytes per 4-bit parameter: the packed value and a float32 absmax per block of 64."""
 
@@ -94,11 +104,18 @@ class TrainingPlan:
     """Parameters that train; None: the whole model (full fine-tuning). An adapter method sets its adapters' count."""
     adds_parameters: bool = False
     """The trainable parameters are new ones (adapters), held beside the model's weights."""
+    layers_train: bool = True
+    """Weights inside the decoder layers train (full fine-tuning, LoRA and the other adapters on projections), so the
+    projections' inputs are kept for backward; False for methods that train only inputs or prefixes."""
     base_bits: int | None = None
     """4 when the base model's linear layers are loaded in 4 bits (qlora)."""
     vocab_logits: bool = True
     """The model outputs vocabulary logits (False for a reward model's one score)."""
     terms: list[MemoryTerm] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_sequence_length = self.sequence_length
+        """Tokens per sequence of the data, before any method lengthened it (virtual tokens, completions)."""
 
     def add(self, name: str, mib: float, kind: str = "activations_and_other", formula: str = "", method: str = "") -> None:
         """Add a term (``mib`` MiB of ``kind``); a method names itself in ``method``."""
@@ -142,7 +159,7 @@ class TrainingPlan:
         (under ``train.chunked_loss``, one chunk's: the reference and the teacher go through the chunked head too)."""
         tokens = (sequences if sequences is not None else self.recipe.train.batch_size * self.sequences_factor) * (length or self.sequence_length)
         logits = min(tokens, self.recipe.train.loss_chunk_tokens) if getattr(self.recipe.train, "chunked_loss", False) else tokens
-        layer = tokens * (ACT_H * facts.hidden_size + ACT_I * facts.intermediate_size) * self.compute_bytes
+        layer = tokens * activation_values(facts) * self.compute_bytes
         return (layer + logits * facts.vocab_size * 4 * 2) / MIB
 
     def add_reference_model(self, method: str, copy: bool = False) -> None:
@@ -211,6 +228,7 @@ class TrainingPlan:
             "memory_breakdown_mb": self.breakdown(),
             "terms_mb": {f"{t.method}: {t.name}" if t.method != "core" else t.name: t.mib for t in self.terms},
             "sequence_length": self.sequence_length,
+            "data_sequence_length": self.data_sequence_length,
             "prompt_length": self.prompt_length,
         }
 
@@ -240,13 +258,15 @@ def core_terms(plan: TrainingPlan) -> None:
 
     tokens = plan.tokens_per_step
     act = plan.compute_bytes
-    per_layer = ACT_H * facts.hidden_size + ACT_I * facts.intermediate_size
+    per_layer = activation_values(facts, frozen=not plan.layers_train)
     if train.gradient_checkpointing:
         stored = tokens * facts.layers * facts.hidden_size * act + tokens * per_layer * act
         formula = f"{tokens:,.0f} tokens x ({facts.layers} layers x {facts.hidden_size} + one layer's {per_layer}) x {act} B (checkpointed)"
     else:
         stored = tokens * facts.layers * per_layer * act
-        formula = f"{tokens:,.0f} tokens x {facts.layers} layers x ({ACT_H}x{facts.hidden_size} + {ACT_I}x{facts.intermediate_size}) x {act} B"
+        h, i = (ACT_H, ACT_I) if plan.layers_train else (FROZEN_H, FROZEN_I)
+        formula = (f"{tokens:,.0f} tokens x {facts.layers} layers x ({h:g}x{facts.hidden_size} + {ACT_KV}x{facts.kv_heads * facts.head_dim}"
+                   f" + {i}x{facts.intermediate_size}) x {act} B" + ("" if plan.layers_train else " (frozen layers)"))
     gradients = trainable * grad_bytes
     if gradients > 0.05 * stored:
         formula += " less the gradients, allocated as backward frees activations"
@@ -264,6 +284,13 @@ def core_terms(plan: TrainingPlan) -> None:
         )
     if plan.device == "cpu":
         plan.add("runtime", CPU_RUNTIME_MB, "activations_and_other", "measured constant on CPU (libraries, trainer, allocator)")
+
+
+def activation_values(facts: ModelFacts, frozen: bool = False) -> float:
+    """Values saved for backward per token and layer (``ACT_H H + ACT_KV K + ACT_I I``; ``frozen``: no weight in the
+    layers trains, ``FROZEN_H H + ACT_KV K + FROZEN_I I``)."""
+    h, i = (FROZEN_H, FROZEN_I) if frozen else (ACT_H, ACT_I)
+    return h * facts.hidden_size + ACT_KV * facts.kv_heads * facts.head_dim + i * facts.intermediate_size
 
 
 def optimizer_bytes(optim: str, param_bytes: int) -> float:

@@ -6,6 +6,8 @@ import dataclasses
 import logging
 import os
 import signal
+import statistics
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -386,6 +388,32 @@ def all_ranks_saved_callback() -> Any:
                     json.dump({"world_size": dist.get_world_size(), "step": state.global_step}, handle)
 
     return AllRanksSaved()
+
+
+def step_timer_callback() -> Any:
+    """A callback that times each optimizer step (generation included, for the RL trainers that sample
+    inside the step); ``.seconds`` holds the durations, ``.steady()`` the median without the first step
+    (warm-up: allocations, lazy imports, kernel selection)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.started: float | None = None
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.started is not None:
+                self.seconds.append(time.perf_counter() - self.started)
+                self.started = None
+
+        def steady(self) -> float | None:
+            kept = self.seconds[1:] or self.seconds
+            return round(statistics.median(kept), 3) if kept else None
+
+    return StepTimer()
 
 
 def interrupt_callback() -> Any:

@@ -209,7 +209,8 @@ def plan_memory(plan: TrainingPlan) -> None:
         :class:`ptrain.ModelFacts`), ``plan.device`` (``cpu`` or ``cuda``), ``plan.sequence_length``.
         Set the shares the core's terms are computed from: ``trainable_parameters`` (with
         ``adds_parameters = True`` for new adapter weights), ``base_bits`` (4 for a 4-bit base),
-        ``sequences_factor`` (2 for chosen and rejected), ``sequence_length``, ``vocab_logits``; and
+        ``sequences_factor`` (2 for chosen and rejected), ``sequence_length``, ``vocab_logits``,
+        ``layers_train`` (False when nothing inside the decoder layers trains: prompt tuning); and
         add the method's own terms with ``plan.add(name, mib, kind)`` (a teacher's or reference
         model's weights, generations), ``kind`` being one of the runs' ``memory_breakdown_mb`` parts.
         ``plan.model_bytes(facts)`` and ``plan.forward_mib(facts)`` size another model;

@@ -264,6 +264,9 @@ class AdapterMethod:
     :param trainable: ``trainable(section, facts)``: the adapter's parameter count, for ``plan_memory``.
     :param activation_share: the adapters' own activations, as a share of the adapted projections'
         outputs per token (measured: 0.6 for LoRA on CPU).
+    :param input_tokens: a prompt-learning method's virtual tokens go through the model as inputs
+        (prompt tuning, P-tuning: every sequence is longer for ``plan_memory``); False where they are
+        only keys and values the layers attend to (prefix tuning).
     """
 
     def __init__(
@@ -279,12 +282,14 @@ class AdapterMethod:
         rewrites_base: Callable[[Any], bool] = lambda section: False,
         trainable: Callable[[Any, ModelFacts], int] | None = None,
         activation_share: float = 0.0,
+        input_tokens: bool = True,
     ):
         self.name, self.section, self.config = name, section, config
         self.prompt_learning, self.rows, self.prepare, self.check = prompt_learning, [ADAPTER_SIZE, ADAPTER_WEIGHTS, *rows], prepare, check
         self.rewrites_base = rewrites_base
         self.trainable = trainable
         self.activation_share = activation_share
+        self.input_tokens = input_tokens
 
     def plan_hook(self) -> Callable[..., Any]:
         """The method's ``plan_memory``: its adapters are what trains (``trainable(section, facts)`` counts them)."""
@@ -295,6 +300,8 @@ class AdapterMethod:
             plan.trainable_parameters = self.trainable(section, plan.facts) if self.trainable else 0
             plan.adds_parameters = True
             if self.prompt_learning:
+                plan.layers_train = False  # only the virtual tokens train: the layers' projections keep no inputs
+            if self.prompt_learning and self.input_tokens:
                 plan.sequence_length += section.num_virtual_tokens
             if self.activation_share and hasattr(section, "target_modules"):
                 outputs = sum(o for _, o in plan.facts.matching_projections(section.target_modules))

@@ -104,7 +104,7 @@ def prefix_parameters(section: PrefixTuningSection, facts: ModelFacts) -> int:
 
 METHOD = AdapterMethod(
     "prefix_tuning", PrefixTuningSection, prefix_tuning_config, prompt_learning=True, prepare=text_init, check=check_composition,
-    trainable=prefix_parameters,
+    trainable=prefix_parameters, input_tokens=False,  # the prefixes are keys and values, not inputs (measured: bench/README.md)
 )
 recipe_sections, method_traits, validate_recipe, report_rows, load_model, evaluate, export = METHOD.hooks()
 plan_memory = METHOD.plan_hook()

@@ -61,6 +61,43 @@ def test_facts_count_what_transformers_builds(tmp_path):
     assert ptrain.model_facts(str(tmp_path)).total_parameters == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("shape", [
+    {"hidden_size": 128, "intermediate_size": 384, "num_attention_heads": 4, "num_key_value_heads": 2},   # builtin:tiny-llama
+    {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3},  # SmolLM2-135M
+    {"hidden_size": 256, "intermediate_size": 688, "num_attention_heads": 8, "num_key_value_heads": 8},   # no grouped keys
+])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_activation_term_counts_what_autograd_saves(shape, frozen, tmp_path):
+    """The plan's activations per token and layer are the tensors autograd keeps for backward, counted
+    with saved_tensors_hooks over a real llama forward (weights excluded), within 3 %; ``frozen``: only the
+    inputs train (prompt tuning), so the projections keep no inputs for their weights' gradients."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ptrain._plan import activation_values
+
+    config = LlamaConfig(vocab_size=512, num_hidden_layers=2, attn_implementation="sdpa", **shape)
+    config.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).train()
+    if frozen:
+        model.requires_grad_(False)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in weights:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    batch, length = 4, 48
+    inputs = model.model.embed_tokens(torch.randint(0, 512, (batch, length))).detach().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.model(inputs_embeds=inputs)
+    counted = sum(saved.values()) / 4 / (batch * length * config.num_hidden_layers)
+    assert counted == pytest.approx(activation_values(ptrain.model_facts(str(tmp_path)), frozen=frozen), rel=0.03)
+
+
 def test_facts_of_a_run_directory_and_keep_layers(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps(GPT2_CONFIG))
@@ -223,6 +260,8 @@ def test_predicted_memory_within_bound_of_measured(tmp_path, recipe):
     assert 0.8 <= ratio <= 1.2, (predicted, train["memory_above_baseline_mb"])
     rows = {r["key"] for r in metrics["report"]}
     assert "train.predicted.memory_above_baseline_mb" in rows  # ptrain compare shows it beside the measured row
+    assert 0 < train["time_per_step_s"] < train["train_time_s"]  # the median step, the first (warm-up) left out
+    assert "train.time_per_step_s" in rows
 
 
 def test_model_facts_of_a_gguf_file(tmp_path):
