@@ -200,7 +200,7 @@ class TrainingPlan:
         again for the activations' gradients, the trainable ones' weight gradients, a second forward under
         gradient checkpointing, and attention's scores and weighted sums (``4 S H`` per token and layer, x3)."""
         facts, train = self.facts, self.recipe.train
-        matmul = facts.linear_parameters + facts.vocab_size * facts.hidden_size
+        matmul = facts.linear_parameters + (facts.vocab_size * facts.hidden_size if self.vocab_logits else 0)  # a classifier has no vocabulary head
         trainable = matmul if self.trainable_parameters is None else self.trainable_parameters
         passes = 2 * matmul + 2 * matmul + 2 * trainable + (2 * matmul if train.gradient_checkpointing else 0)
         attention = 3 * 4 * self.sequence_length * facts.hidden_size * facts.layers
