@@ -14,7 +14,7 @@ CHAT = {"chat": True, "num_examples": 120, "eval_size": 8}
 @pytest.fixture(scope="module")
 def gguf_run(tmp_path_factory):
     """A chat-trained builtin:tiny-llama run (a few SFT steps) exported to GGUF bf16 and q8_0, checked."""
-    recipe = tiny_recipe(["sft", "gguf"], data=CHAT, train={"max_steps": 4}, gguf={"types": ["bf16", "q8_0"], "prompts": 6})
+    recipe = tiny_recipe(["sft", "gguf"], data=CHAT, train={"max_steps": 4}, gguf={"types": ["bf16", "q8_0"], "prompts": 6, "llama_cpp": False})
     return execute(recipe, output_dir=tmp_path_factory.mktemp("gguf") / "run")
 
 
@@ -76,12 +76,20 @@ def test_a_template_changed_after_training_fails_the_export_with_one_line(gguf_r
     assert not (tmp_path / "export" / "gguf" / "bf16").exists()  # a failed check leaves no file that looks complete
 
 
-def test_types_are_checked_at_validation():
+def test_types_are_checked_at_validation(monkeypatch):
+    import importlib.util
+
     with pytest.raises(RecipeError, match="unknown GGUF type 'q3'"):
         validate(tiny_recipe(["gguf"], gguf={"types": ["q3"]}))
-    with pytest.raises(RecipeError, match=r"ptrain\[llamacpp\]"):
-        validate(tiny_recipe(["gguf"], gguf={"types": ["bf16", "q4_k_m"]}))
     validate(tiny_recipe(["gguf"], gguf={"types": ["f16", "q4_0"]}))
+    # without llama-cpp-python (as in CI): a K-quant is refused before anything runs, in one line naming the extra
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a))
+    with pytest.raises(RecipeError) as caught:
+        validate(tiny_recipe(["gguf"], gguf={"types": ["bf16", "q4_k_m"]}))
+    message = str(caught.value)
+    assert "\n" not in message and "'q4_k_m'" in message and 'pip install "ptrain[llamacpp]"' in message and "gguf.types" in message, message
+    validate(tiny_recipe(["gguf"], gguf={"types": ["f16", "q4_0"]}))  # the numpy types need no llama.cpp
 
 
 @pytest.mark.slow

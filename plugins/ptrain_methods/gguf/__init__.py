@@ -13,9 +13,11 @@ checks (:mod:`.check`) fail the export with one line when the reloaded file does
 training-time rendering, the special ids, the tokenization or (bf16/f16/f32) the generations.
 
 Types: ``f32``, ``f16``, ``bf16``, ``q8_0``, ``q5_0``, ``q5_1``, ``q4_0``, ``q4_1`` are written by the
-``gguf`` package in numpy (``pip install "ptrain[gguf]"``). K-quants (``q4_k_m``…) need llama.cpp's
-quantizer (``pip install "ptrain[llamacpp]"``, which compiles llama.cpp); without it they are a
-validate-time error.
+``gguf`` package in numpy (``pip install "ptrain[gguf]"``). K-quants (``q4_k_m``, ``q6_k``…) are written by
+llama.cpp's quantizer from an f32 file ptrain writes first (:mod:`.llamacpp`; ``pip install "ptrain[llamacpp]"``,
+which compiles llama.cpp); without it they are a validate-time error naming that extra. With llama.cpp
+installed, every file is also read back by llama.cpp itself (``gguf.llama_cpp``): its tokenization is
+checked, its answers, logits, task metric and tokens/s measured.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from ptrain import (
     write_text,
 )
 
+from . import llamacpp
 from .check import HeldOut, check_file, greedy, quality
 from .convert import LLAMA_CPP_TYPES, NUMPY_TYPES, write_gguf
 
@@ -59,7 +62,7 @@ class GgufSection:
 
     types: list[str] = field(default_factory=lambda: ["bf16", "q8_0"])
     """GGUF types to write: ``f32``, ``f16``, ``bf16``, ``q8_0``, ``q5_0``, ``q5_1``, ``q4_0``, ``q4_1`` (the gguf
-    package, numpy); ``q4_k_m`` and other K-quants need ``pip install "ptrain[llamacpp]"``."""
+    package, numpy); ``q4_k_m`` and other K-quants (llama.cpp's quantizer) need ``pip install "ptrain[llamacpp]"``."""
     source: str | None = None
     """A finished run directory (its ``model/``, or its ``adapter/`` merged), a model or adapter directory, or a hub ID;
     default: this run's model (the trained one when the recipe trains, else ``[model]``)."""
@@ -67,6 +70,9 @@ class GgufSection:
     """File name stem (``<name>-<type>.gguf``) and the model's name in the Modelfile; default: the recipe's name."""
     check: bool = True
     """Reload each file and check it (template, special ids, tokenization, generations); false only writes."""
+    llama_cpp: bool = True
+    """Also read each checked file with llama.cpp (when ``llama-cpp-python`` is installed): its tokenization must equal the
+    source's; its greedy answers, logit change, task metric and tokens/s are measured. False: transformers' reader only."""
     prompts: int = 16
     """Held-out rows the checks render, tokenize and generate on (the eval split, or the source run's samples)."""
     max_new_tokens: int | None = None
@@ -120,9 +126,6 @@ def validate_recipe(recipe: Recipe) -> None:
             f"or use one of {', '.join(NUMPY_TYPES)}",
             key="gguf.types",
         )
-    if k_quants:  # the Python binding is installed, but ptrain does not drive its quantizer yet
-        raise RecipeError(f"type {k_quants[0]!r}: ptrain cannot drive llama.cpp's quantizer yet; use one of {', '.join(NUMPY_TYPES)}",
-                          key="gguf.types")
 
 
 @hookimpl
@@ -254,8 +257,12 @@ def export_and_check(run: Run, section: GgufSection, source: Path, origin: Path 
     if held_out is not None:
         source_model, _ = load_pretrained(str(source), key="gguf.source", dtype="float32")
         source_model.eval()
+        started = time.perf_counter()
         source_answers = greedy(source_model, source_tokenizer, [r["prompt"] for r in held_out.rows], held_out.max_new_tokens)
+        seconds = time.perf_counter() - started
         source_quality = quality(source_model, source_tokenizer, source_answers, held_out, section.window, section.max_tokens)
+        if seconds > 0:  # transformers' greedy generation (what ptrain eval and ptrain chat run), for llama.cpp's tokens/s
+            source_quality["tokens_per_s"] = round(sum(map(len, source_answers)) / seconds, 1)
     chat_template = getattr(source_tokenizer, "chat_template", None)
     prompt_settings = _prompt_settings(run, origin)
     table: dict[str, Any] = {"source": str(section.source or source), "types": list(section.types), "files": {}, "passed": 0,
@@ -267,15 +274,25 @@ def export_and_check(run: Run, section: GgufSection, source: Path, origin: Path 
         run.log.info("gguf: %s -> %s", qtype, folder / filename)
         with atomic_dir(folder) as tmp:
             started = time.perf_counter()
-            result = write_gguf(source, tmp / filename, qtype, chat_template, stem)
+            quantized: dict[str, Any] = {}
+            if qtype in LLAMA_CPP_TYPES:  # ptrain writes f32, llama.cpp's quantizer writes the K-quant from it
+                intermediate = tmp / f"{stem}-f32.intermediate.gguf"
+                result = write_gguf(source, intermediate, "f32", chat_template, stem)
+                try:
+                    quantized = llamacpp.quantize(intermediate, tmp / filename, qtype, _threads())
+                finally:
+                    intermediate.unlink(missing_ok=True)
+            else:
+                result = write_gguf(source, tmp / filename, qtype, chat_template, stem)
             entry: dict[str, Any] = {"path": str(folder / filename), "size_mb": round((tmp / filename).stat().st_size / 2**20, 3),
                                      "architecture": result.architecture, "tokenizer": result.tokenizer, "tensors": result.tensors,
                                      "write_s": round(time.perf_counter() - started, 2)}
             if result.kept_f16:
                 entry["kept_f16"] = result.kept_f16
+            entry.update(quantized)
             if held_out is not None:
                 entry.update(check_file(filename, tmp / filename, qtype, source_model, source_tokenizer, source_answers, source_quality,
-                                        held_out, section.window, section.max_tokens))
+                                        held_out, section.window, section.max_tokens, section.llama_cpp))
                 entry["passed"] = True
             write_text(tmp / "Modelfile", modelfile(filename, source_tokenizer, section, prompt_settings))
         table["files"][qtype] = entry
@@ -291,6 +308,12 @@ def export_and_check(run: Run, section: GgufSection, source: Path, origin: Path 
         write_model_card(run, run.dir / "gguf" / qtype, kind="gguf", notes=card_notes(qtype, table["files"][qtype], stem, run.dir / "gguf" / qtype))
     del source_model
     return written
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _prompt_settings(run: Run, origin: Path | None) -> dict[str, Any]:
@@ -328,8 +351,12 @@ def modelfile(filename: str, tokenizer: Any, section: GgufSection, prompt: dict[
 
 
 def card_notes(qtype: str, entry: dict[str, Any], stem: str, folder: Path) -> str:
+    writer = "with the `gguf` package"
+    if entry.get("quantizer"):
+        kinds = ", ".join(f"{n} {k}" for k, n in entry.get("tensor_types", {}).items())
+        writer = f"as f32 with the `gguf` package, then quantized by llama.cpp ({entry['quantizer']}; tensors: {kinds})"
     lines = ["## GGUF", "", f"`{Path(entry['path']).name}`: GGUF {qtype}, architecture `{entry['architecture']}`, tokenizer "
-             f"`{entry['tokenizer']}`, {entry['size_mb']} MiB, written by ptrain with the `gguf` package; the chat template and "
+             f"`{entry['tokenizer']}`, {entry['size_mb']} MiB, written by ptrain {writer}; the chat template and "
              "special token ids the run trained with are in its metadata."]
     if entry.get("passed"):
         checks = entry["checks"]
@@ -345,6 +372,19 @@ def card_notes(qtype: str, entry: dict[str, Any], stem: str, folder: Path) -> st
         if entry.get("perplexity_increase_pct") is not None:
             measured.append(f"perplexity {entry['perplexity_increase_pct']:+.2f} %")
         lines.append("Against the unexported model: " + "; ".join(measured) + ".")
+        reading = entry.get("llama_cpp") or {}
+        if "skipped" in reading:
+            lines.append(f"Not read with llama.cpp: {reading['skipped']}.")
+        elif reading:
+            seen = [f"tokenizes {reading['tokenization_identical_texts']} held-out texts to the source's ids",
+                    f"greedy answers identical to the unexported model's on {reading['identical_generations']} prompts "
+                    f"(to transformers' reading of the file: {reading['identical_to_transformers_reading']})",
+                    f"largest logit change {reading['max_logit_change']}"]
+            if reading.get("task_metric") is not None:
+                seen.append(f"task metric {reading['task_metric']}")
+            if reading.get("tokens_per_s"):
+                seen.append(f"{reading['tokens_per_s']} tokens/s on {reading['threads']} CPU threads")
+            lines.append(f"Read by llama.cpp ({reading['reader']}): " + "; ".join(seen) + ".")
     else:
         lines.append("\nNot checked (`gguf.check = false`).")
     lines += ["", "With Ollama (the Modelfile beside the file):", "", "```sh", f"cd {folder}", f"ollama create {stem.lower()}-{qtype} -f Modelfile",

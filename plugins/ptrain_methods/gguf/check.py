@@ -13,6 +13,12 @@ shares no code with the writer in :mod:`.convert`. Checks, each a failed export 
 
 Measured and reported, not failed on: for every type the largest logit change against the unexported model,
 the task metric and perplexity of both, and the share of held-out prompts answered token-identically.
+
+Second reader, where ``llama-cpp-python`` is installed (``ptrain[llamacpp]``) and ``gguf.llama_cpp`` is true:
+llama.cpp itself (:mod:`.llamacpp`). Its tokenizer must give the source tokenizer's ids on every held-out
+text (a failed export otherwise); its greedy answers, largest logit change, task metric and tokens/s are
+measured (``entry["llama_cpp"]``), not failed on: it computes in its own kernels. Without it the entry says
+it was skipped and why.
 """
 
 from __future__ import annotations
@@ -158,13 +164,21 @@ def rounded_copy(model: Any, qtype: str) -> Any:
     return rounded
 
 
+def task_metric(tokenizer: Any, answers: list[list[int]], held_out: HeldOut) -> float | None:
+    """The run's task metric of greedy answers (new-token ids) on the held-out rows that have a reference."""
+    scored = [(r, a) for r, a in zip(held_out.rows, answers, strict=True) if r.get("output") is not None]
+    if not scored:
+        return None
+    texts = [tokenizer.decode(a, skip_special_tokens=True).strip() for _, a in scored]
+    scores = task_scores([r for r, _ in scored], texts, held_out.metric)
+    return round(sum(scores) / len(scores), 4)
+
+
 def quality(model: Any, tokenizer: Any, answers: list[list[int]], held_out: HeldOut, window: int, max_tokens: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    scored = [(r, a) for r, a in zip(held_out.rows, answers, strict=True) if r.get("output") is not None]
-    if scored:
-        texts = [tokenizer.decode(a, skip_special_tokens=True).strip() for _, a in scored]
-        scores = task_scores([r for r, _ in scored], texts, held_out.metric)
-        result["task_metric"] = round(sum(scores) / len(scores), 4)
+    metric = task_metric(tokenizer, answers, held_out)
+    if metric is not None:
+        result["task_metric"] = metric
     if held_out.texts:
         text = "\n\n".join(held_out.texts)
         ppl = sliding_window_perplexity(model, tokenizer, text, window, window // 2, max_tokens)
@@ -173,8 +187,9 @@ def quality(model: Any, tokenizer: Any, answers: list[list[int]], held_out: Held
 
 
 def check_file(name: str, path: Path, qtype: str, source_model: Any, source_tokenizer: Any, source_answers: list[list[int]],
-               source_quality: dict[str, Any], held_out: HeldOut, window: int, max_tokens: int) -> dict[str, Any]:
-    """Reload ``path`` and run every check; the measured figures, or :class:`ExportMismatch`."""
+               source_quality: dict[str, Any], held_out: HeldOut, window: int, max_tokens: int, llama_cpp: bool = True) -> dict[str, Any]:
+    """Reload ``path`` and run every check (transformers' loader, then llama.cpp where ``llama_cpp`` and it is installed);
+    the measured figures, or :class:`ExportMismatch`."""
     model, tokenizer = load_gguf(path)
     checks = check_tokenizer(name, source_tokenizer, tokenizer, held_out)
     prompts = [r["prompt"] for r in held_out.rows]
@@ -201,4 +216,18 @@ def check_file(name: str, path: Path, qtype: str, source_model: Any, source_toke
         result["perplexity_increase_pct"] = round(100 * (result["perplexity"] / source_quality["perplexity"] - 1), 3)
     del model
     gc.collect()
+    from . import llamacpp
+
+    if not llama_cpp:
+        result["llama_cpp"] = {"skipped": "gguf.llama_cpp = false"}
+    elif not llamacpp.available():
+        result["llama_cpp"] = {"skipped": 'llama-cpp-python is not installed (pip install "ptrain[llamacpp]")'}
+    else:
+        import torch
+
+        reading = llamacpp.check(name, path, source_model, source_tokenizer, source_answers, answers, held_out, torch.get_num_threads())
+        if reading.get("task_metric") is not None and source_quality.get("task_metric") is not None:
+            reading["task_metric_change"] = round(reading["task_metric"] - source_quality["task_metric"], 4)
+        result["llama_cpp"] = reading
+        result["reader"] = f"transformers GGUF loader and llama.cpp ({reading['reader']})"
     return result
