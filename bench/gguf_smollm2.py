@@ -36,13 +36,15 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument("--out", default="/tmp/ptrain-bench-gguf")
+    parser.add_argument("--source", help="a finished run directory to export (e.g. the quickstart's: its adapter merged, its held-out "
+                        "samples as the prompts); default the base model")
     args = parser.parse_args()
     recipe = tiny_recipe(
         ["gguf"],
         model={"name": "builtin:smollm2-135m-instruct"},
         data={"source": "builtin:tasks", "tasks": ["avro"], "num_examples": 60, "eval_size": args.prompts, "chat": True},
         eval={"base": False, "max_samples": 0, "max_new_tokens": args.max_new_tokens, "batch_size": 8},
-        gguf={"types": args.types, "prompts": args.prompts, "name": "smollm2"},
+        gguf={"types": args.types, "prompts": args.prompts, "name": "smollm2", **({"source": args.source} if args.source else {})},
     )
     recipe["name"] = "gguf_smollm2"
     started = time.perf_counter()
@@ -50,7 +52,7 @@ def main() -> None:
     table = run.metrics["gguf"]
     source_mb = sum(f.stat().st_size for f in Path(model_location("builtin:smollm2-135m-instruct")).glob("*.safetensors")) / 2**20
     base = table["unexported"]
-    print(f"SmolLM2-135M-Instruct, {args.prompts} held-out quickstart (AVRO) prompts, {args.max_new_tokens} new tokens, "
+    print(f"{args.source or 'SmolLM2-135M-Instruct'}, {args.prompts} held-out quickstart (AVRO) prompts, {args.max_new_tokens} new tokens, "
           f"fp32 source {source_mb:.1f} MiB: task metric {base.get('task_metric')}, perplexity {base.get('perplexity')}")
     print(f"{'type':6} {'MiB':>8} {'x fp32':>7} {'write s':>8} {'max logit chg':>14} {'identical':>10} {'task':>7} {'task chg':>9} "
           f"{'ppl':>8} {'ppl chg %':>10}  checks")
