@@ -104,6 +104,10 @@ class TrainingPlan:
     """Parameters that train; None: the whole model (full fine-tuning). An adapter method sets its adapters' count."""
     adds_parameters: bool = False
     """The trainable parameters are new ones (adapters), held beside the model's weights."""
+    own_logits: float | None = None
+    """Set by a method whose trainer computes the whole ``[tokens x vocabulary]`` logits itself rather than through
+    the chunked head (``use_chunked_loss``): the vocabulary-wide fp32 tensors per token alive at its peak (TRL's
+    ORPO, CPO and SimPO: about 4.5, measured). None: the core's (one chunk's under ``train.chunked_loss``)."""
     layers_train: bool = True
     """Weights inside the decoder layers train (full fine-tuning, LoRA and the other adapters on projections), so the
     projections' inputs are kept for backward; False for methods that train only inputs or prefixes."""
@@ -271,7 +275,12 @@ def core_terms(plan: TrainingPlan) -> None:
     if gradients > 0.05 * stored:
         formula += " less the gradients, allocated as backward frees activations"
     plan.add("activations", max(stored - gradients, 0.0) / MIB, "activations_and_other", formula)
-    if plan.vocab_logits and getattr(train, "chunked_loss", False):
+    if plan.vocab_logits and plan.own_logits is not None:
+        plan.add(
+            "logits", plan.own_logits * tokens * facts.vocab_size * 4 / MIB, "activations_and_other",
+            f"{plan.own_logits:g} x {tokens:,.0f} tokens x {facts.vocab_size:,} vocabulary x 4 B (the trainer's own loss, not the chunked head)",
+        )
+    elif plan.vocab_logits and getattr(train, "chunked_loss", False):
         chunk = min(tokens, train.loss_chunk_tokens)  # the chunked loss holds one chunk's logits at a time
         plan.add(
             "logits", CHUNK_COPIES * chunk * facts.vocab_size * 4 / MIB, "activations_and_other",

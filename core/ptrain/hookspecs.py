@@ -210,7 +210,8 @@ def plan_memory(plan: TrainingPlan) -> None:
         Set the shares the core's terms are computed from: ``trainable_parameters`` (with
         ``adds_parameters = True`` for new adapter weights), ``base_bits`` (4 for a 4-bit base),
         ``sequences_factor`` (2 for chosen and rejected), ``sequence_length``, ``vocab_logits``,
-        ``layers_train`` (False when nothing inside the decoder layers trains: prompt tuning); and
+        ``layers_train`` (False when nothing inside the decoder layers trains: prompt tuning), ``own_logits``
+        (the trainer takes the whole logits, not the chunked head); and
         add the method's own terms with ``plan.add(name, mib, kind)`` (a teacher's or reference
         model's weights, generations), ``kind`` being one of the runs' ``memory_breakdown_mb`` parts.
         ``plan.model_bytes(facts)`` and ``plan.forward_mib(facts)`` size another model;

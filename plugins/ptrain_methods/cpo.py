@@ -67,8 +67,10 @@ def method_traits() -> list[str]:
 
 @hookimpl
 def plan_memory(plan: TrainingPlan) -> None:
-    """Chosen and rejected answers go through the model in one batch; no reference model."""
+    """Chosen and rejected answers go through the model in one batch; no reference model. TRL's trainer takes the
+    whole logits (not the chunked head): about 4.5 vocabulary-wide copies per token at its peak (measured, ORPO)."""
     plan.sequences_factor = 2
+    plan.own_logits = 4.5
 
 
 @hookimpl

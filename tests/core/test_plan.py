@@ -172,6 +172,15 @@ def test_methods_add_their_terms():
     assert "reference model" not in {t.name for t in dpo_lora.terms}  # the adapter disabled is the reference
     reward = _plan(tiny_recipe(["reward"], data=pairs))
     assert "logits" not in {t.name for t in reward.terms}
+    # ORPO's trainer takes the whole logits of chosen + rejected; DPO's goes through the chunked head (one chunk)
+    orpo = _plan(tiny_recipe(["orpo"], data=pairs, train={"batch_size": 64}))
+    dpo = _plan(tiny_recipe(["dpo"], data=pairs, train={"batch_size": 64}))
+    orpo_logits = {t.name: t.mib for t in orpo.terms}["logits"]
+    assert orpo_logits == pytest.approx(4.5 * orpo.tokens_per_step * 1024 * 4 / 2**20, rel=0.01)
+    assert orpo_logits > 3 * {t.name: t.mib for t in dpo.terms}["logits"]
+    frozen = _plan(tiny_recipe(["sft", "prefix_tuning"]))
+    assert not frozen.layers_train and frozen.sequence_length == full.sequence_length  # prefixes are keys, not inputs
+    assert {t.name: t.mib for t in frozen.terms}["activations"] < 0.75 * {t.name: t.mib for t in full.terms}["activations"]
     grpo = _plan(tiny_recipe(["grpo"], grpo={"rewards": {"task_match": 1.0}, "num_generations": 4, "beta": 0.1}))
     names = {t.name for t in grpo.terms}
     assert {"generation KV cache", "reference model"} <= names
