@@ -117,9 +117,11 @@ class TrainingPlan:
     """The model outputs vocabulary logits (False for a reward model's one score)."""
     terms: list[MemoryTerm] = field(default_factory=list)
 
+    data_sequence_length: int = field(init=False, default=0)
+    """Tokens per sequence of the data, before any method lengthened it (virtual tokens, completions)."""
+
     def __post_init__(self) -> None:
         self.data_sequence_length = self.sequence_length
-        """Tokens per sequence of the data, before any method lengthened it (virtual tokens, completions)."""
 
     def add(self, name: str, mib: float, kind: str = "activations_and_other", formula: str = "", method: str = "") -> None:
         """Add a term (``mib`` MiB of ``kind``); a method names itself in ``method``."""

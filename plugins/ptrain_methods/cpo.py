@@ -21,11 +21,10 @@ from ptrain import (
     Run,
     TrainingPlan,
     hookimpl,
-    preference_metrics,
     training_arguments,
 )
 
-from .pairs import PREFERENCE_ROWS, pair_splits, require_pairs
+from .pairs import PREFERENCE_ROWS, pair_metrics, pair_splits, plan_pairs_in_one_batch, require_pairs
 
 
 @dataclass
@@ -67,10 +66,8 @@ def method_traits() -> list[str]:
 
 @hookimpl
 def plan_memory(plan: TrainingPlan) -> None:
-    """Chosen and rejected answers go through the model in one batch; no reference model. TRL's trainer takes the
-    whole logits (not the chunked head): about 4.5 vocabulary-wide copies per token at its peak (measured, ORPO)."""
-    plan.sequences_factor = 2
-    plan.own_logits = 4.5
+    """Chosen and rejected answers in one batch, the whole logits; no reference model."""
+    plan_pairs_in_one_batch(plan)
 
 
 @hookimpl
@@ -106,17 +103,6 @@ def build_trainer(run: Run) -> Any:
     )
 
 
-def held_out_pairs(run: Run) -> list[dict[str, Any]]:
-    """The held-out rows that are whole pairs (the base and final stages score the same ones)."""
-    return [r for r in (run.eval_dataset or []) if r.get("chosen") and r.get("rejected")]
-
-
 @hookimpl
 def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
-    rows = held_out_pairs(run)
-    if not rows:
-        return None
-    return preference_metrics(
-        run.model, run.tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows],
-        batch_size=run.recipe.eval.batch_size, max_length=run.recipe.train.max_length,
-    )
+    return pair_metrics(run)

@@ -27,7 +27,7 @@ from ptrain import (
     training_arguments,
 )
 
-from .pairs import pair_splits, require_pairs
+from .pairs import held_out_pairs, pair_splits, require_pairs
 
 
 @dataclass
@@ -98,7 +98,7 @@ def build_trainer(run: Run) -> Any:
 @hookimpl
 def evaluate(run: Run, stage: str) -> dict[str, Any] | None:
     """Pairwise accuracy: how often the chosen answer of a held-out pair scores above the rejected one."""
-    rows = [r for r in (run.eval_dataset or []) if r.get("chosen") and r.get("rejected")]
+    rows = held_out_pairs(run)
     if not rows:
         return None
     options = {"batch_size": run.recipe.eval.batch_size, "max_length": run.recipe.train.max_length}

@@ -26,8 +26,8 @@ from ptrain import (
     preference_metrics,
 )
 
-from .cpo import cpo_trainer, held_out_pairs
-from .pairs import PREFERENCE_ROWS, require_pairs
+from .cpo import cpo_trainer
+from .pairs import PREFERENCE_ROWS, held_out_pairs, plan_pairs_in_one_batch, require_pairs
 
 
 @dataclass
@@ -66,10 +66,8 @@ def method_traits() -> list[str]:
 
 @hookimpl
 def plan_memory(plan: TrainingPlan) -> None:
-    """Chosen and rejected answers go through the model in one batch; no reference model. TRL's trainer takes the
-    whole logits (not the chunked head): about 4.5 vocabulary-wide copies per token at its peak (measured, ORPO)."""
-    plan.sequences_factor = 2
-    plan.own_logits = 4.5
+    """Chosen and rejected answers in one batch, the whole logits; no reference model."""
+    plan_pairs_in_one_batch(plan)
 
 
 @hookimpl

@@ -55,8 +55,13 @@ class ExportMismatch(UsageError):
     """A GGUF file that does not reproduce its source: the export fails with this one line."""
 
 
+def first_difference_at(a: Any, b: Any) -> int:
+    """Index of the first element (character, token id) where two sequences differ; the shorter length if one is a prefix."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 def _first_difference(a: str, b: str) -> str:
-    at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    at = first_difference_at(a, b)
     return f"at character {at}: expected {a[at:at + 30]!r}, file gives {b[at:at + 30]!r}"
 
 
@@ -106,7 +111,7 @@ def check_tokenizer(name: str, source: Any, loaded: Any, held_out: HeldOut) -> d
     for i, text in enumerate(held_out.texts, 1):
         expected_ids, got_ids = source(text).input_ids, loaded(text).input_ids
         if expected_ids != got_ids:
-            at = next((j for j, (x, y) in enumerate(zip(expected_ids, got_ids, strict=False)) if x != y), min(len(expected_ids), len(got_ids)))
+            at = first_difference_at(expected_ids, got_ids)
             raise ExportMismatch(
                 f"{name}: the file's tokenizer encodes held-out text {i} differently from the source's at token {at} "
                 f"(source {expected_ids[at:at + 3]}, file {got_ids[at:at + 3]})"

@@ -29,7 +29,7 @@ from typing import Any
 
 from ptrain import UsageError
 
-from .check import ExportMismatch, HeldOut, task_metric
+from .check import ExportMismatch, HeldOut, first_difference_at, task_metric
 
 log = logging.getLogger("ptrain.llama_cpp")
 _callback: Any = None  # the C callback must stay referenced as long as llama.cpp may call it
@@ -91,10 +91,6 @@ def quantize(source: Path, target: Path, qtype: str, threads: int) -> dict[str, 
     return {"quantizer": version(), "quantize_s": round(time.perf_counter() - started, 2), "tensor_types": types}
 
 
-def _first_difference(expected: list[int], got: list[int]) -> int:
-    return next((j for j, (x, y) in enumerate(zip(expected, got, strict=False)) if x != y), min(len(expected), len(got)))
-
-
 def check(name: str, path: Path, source_model: Any, source_tokenizer: Any, source_answers: list[list[int]],
           file_answers: list[list[int]], held_out: HeldOut, threads: int) -> dict[str, Any]:
     """Read ``path`` with llama.cpp: tokenization (checked), greedy answers, logit change, task metric, tokens/s (measured)."""
@@ -119,7 +115,7 @@ def check(name: str, path: Path, source_model: Any, source_tokenizer: Any, sourc
         for i, (text, expected) in enumerate(zip(held_out.texts, texts, strict=True), 1):
             got = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
             if got != expected:
-                at = _first_difference(expected, got)
+                at = first_difference_at(expected, got)
                 hint = ""
                 special = set(source_tokenizer.all_special_ids)
                 special |= {i for i, t in getattr(source_tokenizer, "added_tokens_decoder", {}).items() if t.special}
