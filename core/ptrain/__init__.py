@@ -14,6 +14,7 @@ from ptrain._bnb import release_checkpoint_file, unfit_4bit_layers
 from ptrain._cards import write_model_card
 from ptrain._chunked import (
     chunked_cross_entropy,
+    chunked_distill_loss,
     chunked_kd_loss,
     chunked_token_logprobs,
     use_chunked_lm_head,
@@ -104,7 +105,7 @@ __all__ = [
     # training
     "training_arguments", "train_auxiliary", "world_size",
     # losses that never hold the full-vocabulary logits
-    "chunked_cross_entropy", "chunked_token_logprobs", "chunked_kd_loss", "use_chunked_lm_head", "use_chunked_loss",
+    "chunked_cross_entropy", "chunked_token_logprobs", "chunked_kd_loss", "chunked_distill_loss", "use_chunked_lm_head", "use_chunked_loss",
     # measuring
     "generate", "Generations", "completion_loss", "completion_logprobs", "task_scores", "metric_for", "METRICS",
     "exact_match", "json_match", "numeric_match", "valid_json", "perplexity", "sliding_window_perplexity",

@@ -11,6 +11,7 @@ under autocast too (the matmul in bf16, the softmax in fp32).
   the entropy and whether the label is the top token;
 * :func:`chunked_cross_entropy`: the causal-LM loss (SFT), ``-100`` labels ignored (completion-only);
 * :func:`chunked_kd_loss`: KL or JSD between student and teacher, both heads run per chunk;
+* :func:`chunked_distill_loss`: logit distillation's whole loss (KD + CE), its gradient taken per chunk in the forward pass;
 * :func:`use_chunked_loss`: serves a trainer's ``model(..., labels=..., fused_lm_head=True)`` calls
   (how TRL's SFT, DPO, KTO and GRPO trainers ask for per-token log-probs) with the above.
 """
@@ -140,12 +141,10 @@ def chunked_cross_entropy(
     return -log_probs.sum() / count
 
 
-def _kd_piece(s_hidden: Any, s_weight: Any, t_hidden: Any, t_weight: Any, temperature: float, divergence: str, beta: float) -> Any:
+def _divergence(s_logits: Any, t_logits: Any, temperature: float, divergence: str, beta: float) -> Any:
+    """Per-row divergence of fp32 logits over their shared first ``min(Vs, Vt)`` entries."""
     import torch
 
-    s_logits = _head_logits(s_hidden, s_weight, None, 1.0)
-    with torch.no_grad():
-        t_logits = _head_logits(t_hidden, t_weight, None, 1.0)
     shared = min(s_logits.shape[-1], t_logits.shape[-1])
     s = torch.log_softmax(s_logits[:, :shared] / temperature, dim=-1)
     t = torch.log_softmax(t_logits[:, :shared] / temperature, dim=-1)
@@ -155,6 +154,15 @@ def _kd_piece(s_hidden: Any, s_weight: Any, t_hidden: Any, t_weight: Any, temper
         return (s.exp() * (s - t)).sum(-1)
     m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
     return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
+
+
+def _kd_piece(s_hidden: Any, s_weight: Any, t_hidden: Any, t_weight: Any, temperature: float, divergence: str, beta: float) -> Any:
+    import torch
+
+    s_logits = _head_logits(s_hidden, s_weight, None, 1.0)
+    with torch.no_grad():
+        t_logits = _head_logits(t_hidden, t_weight, None, 1.0)
+    return _divergence(s_logits, t_logits, temperature, divergence, beta)
 
 
 def chunked_kd_loss(
@@ -193,6 +201,92 @@ def chunked_kd_loss(
         for i in range(0, student_rows.shape[0], max(1, chunk_tokens))
     ]
     return torch.cat(parts) if parts else student_rows.sum(-1) * 0.0
+
+
+def chunked_distill_loss(
+    student_hidden: Any,
+    student_weight: Any,
+    teacher_hidden: Any,
+    teacher_weight: Any,
+    labels: Any,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    num_items: Any = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> dict[str, Any]:
+    """Logit distillation's whole loss, ``(alpha·T²·Σ D + (1−alpha)·Σ CE) / count``, a chunk of tokens at a time,
+    its gradient taken while each chunk is scored: each model's head runs once per chunk and nothing is
+    recomputed in the backward pass (as fast as the full logits, where :func:`chunked_kd_loss` plus
+    :func:`chunked_cross_entropy` run the student's head four times and the teacher's twice).
+
+    :param student_hidden: ``[..., Hs]`` and ``teacher_hidden`` ``[..., Ht]`` final hidden states,
+        aligned with ``labels`` ``[...]`` (position ``i`` predicts ``labels[i]``: shift before calling);
+        ``-100`` positions are skipped. ``D`` is :func:`chunked_kd_loss`'s divergence at ``temperature``
+        (``forward_kl``, ``reverse_kl``, ``jsd`` with ``beta``), ``CE`` the student's cross-entropy at 1.
+    :param num_items: the count to divide by (the tokens of a whole optimizer step); default the scored tokens.
+    :return: ``{"loss": scalar, differentiable in student_hidden and student_weight, "kd": mean D,
+        "ce": mean CE}`` (the means detached, for logging).
+    """
+
+    if divergence not in ("forward_kl", "reverse_kl", "jsd"):
+        raise ValueError(f"unknown divergence {divergence!r}; use forward_kl, reverse_kl or jsd")
+    mask = labels != -100
+    rows = int(mask.sum())
+    if rows == 0:
+        zero = student_hidden.sum() * 0.0
+        return {"loss": zero, "kd": zero.detach(), "ce": zero.detach()}
+    count = float(rows if num_items is None else num_items)
+    loss, kd, ce = _fused_distill().apply(
+        student_hidden[mask], student_weight, teacher_hidden[mask].detach(), teacher_weight.detach(), labels[mask],
+        alpha * temperature**2 / count, (1 - alpha) / count, temperature, divergence, beta, max(1, chunk_tokens),
+    )
+    return {"loss": loss, "kd": kd / rows, "ce": ce / rows}
+
+
+@functools.cache
+def _fused_distill() -> Any:
+    import torch
+
+    class FusedDistill(torch.autograd.Function):
+        """Forward scores each chunk and keeps d(loss)/d(hidden rows) and d(loss)/d(weight); backward scales them."""
+
+        @staticmethod
+        def forward(ctx: Any, rows: Any, weight: Any, t_rows: Any, t_weight: Any, targets: Any, scale_kd: float,
+                    scale_ce: float, temperature: float, divergence: str, beta: float, chunk: int) -> Any:
+            grad_rows = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+            kd_sum = torch.zeros((), dtype=torch.float32, device=rows.device)
+            ce_sum = torch.zeros((), dtype=torch.float32, device=rows.device)
+            for start in range(0, rows.shape[0], chunk):
+                hidden = rows[start : start + chunk]
+                logits = _head_logits(hidden, weight, None, 1.0).detach().requires_grad_()
+                t_logits = _head_logits(t_rows[start : start + chunk], t_weight, None, 1.0)
+                with torch.enable_grad():
+                    kd = _divergence(logits, t_logits, temperature, divergence, beta)
+                    ce = torch.nn.functional.cross_entropy(logits, targets[start : start + chunk], reduction="none")
+                    (grad_logits,) = torch.autograd.grad(scale_kd * kd.sum() + scale_ce * ce.sum(), logits)
+                kd_sum += kd.detach().sum()
+                ce_sum += ce.detach().sum()
+                grad_logits = grad_logits.to(hidden.dtype)  # the matmuls below run as the head's did (autocast included)
+                grad_rows[start : start + chunk] = grad_logits @ weight
+                if grad_weight is not None:
+                    grad_weight += grad_logits.t() @ hidden
+            ctx.save_for_backward(grad_rows, grad_weight)
+            ctx.dtypes = (rows.dtype, weight.dtype)
+            ctx.mark_non_differentiable(kd_sum, ce_sum)
+            return scale_kd * kd_sum + scale_ce * ce_sum, kd_sum, ce_sum
+
+        @staticmethod
+        def backward(ctx: Any, grad_loss: Any, *_: Any) -> Any:
+            grad_rows, grad_weight = ctx.saved_tensors
+            rows_dtype, weight_dtype = ctx.dtypes
+            grad_w = None if grad_weight is None else (grad_weight * grad_loss).to(weight_dtype)
+            return (grad_rows * grad_loss).to(rows_dtype), grad_w, None, None, None, None, None, None, None, None, None
+
+    return FusedDistill
 
 
 def use_chunked_lm_head(model: Any, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS, temperature: float = 1.0) -> bool:

@@ -8,7 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from ptrain import chunked_cross_entropy, chunked_kd_loss, chunked_token_logprobs, use_chunked_lm_head  # noqa: E402
+from ptrain import (  # noqa: E402
+    chunked_cross_entropy,
+    chunked_distill_loss,
+    chunked_kd_loss,
+    chunked_token_logprobs,
+    use_chunked_lm_head,
+)
 
 V, H = 300, 24
 
@@ -97,6 +103,52 @@ def test_logit_distillation_divergence_matches_the_full_logits(divergence):
     _close(chunked, reference)
     for a, b in zip(_grads(chunked.sum(), hidden, weight), _grads(reference.sum(), hidden, weight), strict=True):
         _close(a, b)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_the_whole_distillation_loss_and_its_gradients_equal_the_full_logits(divergence, num_items):
+    """chunked_distill_loss takes its gradient in the forward pass: value, d/d(hidden) and d/d(head weight) must
+    equal logit_kd_loss on the full logits, whatever the backward pass multiplies the loss by."""
+    from ptrain_methods.distill.losses import logit_kd_loss
+
+    hidden, weight, labels = _inputs(seed=4)
+    teacher_hidden = torch.randn(3, 11, 32)
+    teacher_weight = torch.randn(V + 20, 32) * 0.3
+    shifted = torch.cat([labels[:, :1], labels], dim=1)  # logit_kd_loss shifts: position i predicts labels[i + 1]
+    pad = torch.zeros(3, 1, H)
+    reference, ref_kd, ref_ce = logit_kd_loss(torch.cat([hidden, pad], 1) @ weight.t(), torch.cat([teacher_hidden, torch.zeros(3, 1, 32)], 1)
+                                              @ teacher_weight.t(), shifted, temperature=2.0, alpha=0.3, divergence=divergence,
+                                              beta=0.3, num_items=num_items)
+    out = chunked_distill_loss(hidden, weight, teacher_hidden, teacher_weight, labels, alpha=0.3, temperature=2.0, divergence=divergence,
+                               beta=0.3, num_items=num_items, chunk_tokens=7)
+    _close(out["loss"], reference)
+    _close(out["kd"], ref_kd)
+    _close(out["ce"], ref_ce)
+    for a, b in zip(_grads(3.0 * out["loss"], hidden, weight), _grads(3.0 * reference, hidden, weight), strict=True):
+        _close(a, b)
+
+
+def test_the_whole_distillation_loss_with_a_frozen_head_and_under_autocast():
+    hidden, weight, labels = _inputs(seed=5)
+    teacher_hidden, teacher_weight = torch.randn(3, 11, 32), torch.randn(V, 32) * 0.3
+    frozen = weight.detach()
+    out = chunked_distill_loss(hidden, frozen, teacher_hidden, teacher_weight, labels, chunk_tokens=4)
+    full = chunked_kd_loss(hidden, frozen, teacher_hidden, teacher_weight, labels != -100, chunk_tokens=4)
+    ce = -chunked_token_logprobs(hidden, frozen, labels)[labels != -100]
+    _close(out["loss"], (0.5 * full.sum() + 0.5 * ce.sum()) / full.shape[0])
+    (grad,) = _grads(out["loss"], hidden)
+    (expected,) = _grads((0.5 * full.sum() + 0.5 * ce.sum()) / full.shape[0], hidden)
+    _close(grad, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the head's matmuls in bf16, as the unfused path's
+        fused = chunked_distill_loss(hidden, weight, teacher_hidden, teacher_weight, labels)["loss"]
+        kd = chunked_kd_loss(hidden, weight, teacher_hidden, teacher_weight, labels != -100)
+        ce = -chunked_token_logprobs(hidden, weight, labels)[labels != -100]
+        unfused = (0.5 * kd.sum() + 0.5 * ce.sum()) / kd.shape[0]
+    torch.testing.assert_close(fused, unfused, rtol=1e-3, atol=1e-3)
+    for a, b in zip(_grads(fused, hidden, weight), _grads(unfused, hidden, weight), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=2e-3)
+    assert chunked_distill_loss(hidden, weight, teacher_hidden, teacher_weight, torch.full_like(labels, -100))["loss"].item() == 0.0
 
 
 def test_trl_trainers_get_the_same_outputs_from_the_chunked_head():

@@ -77,12 +77,12 @@ def chunked_logit_kd_loss(
     num_items: Any = None,
     chunk_tokens: int = 1024,
 ) -> tuple[Any, Any, Any] | None:
-    """:func:`logit_kd_loss` from the two models' hidden states, through :func:`ptrain.chunked_kd_loss`: neither
+    """:func:`logit_kd_loss` from the two models' hidden states, through :func:`ptrain.chunked_distill_loss`: neither
     model's ``[tokens × vocabulary]`` logits exist whole. Returns None where the chunked path does not apply
     (a prompt-learning adapter's virtual tokens, an output head with a bias or scaled logits): use the logits then."""
     import torch
 
-    from ptrain import chunked_kd_loss, chunked_token_logprobs
+    from ptrain import chunked_distill_loss
 
     def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
         if getattr(model, "peft_config", None) and getattr(model, "active_peft_config", None) is not None:
@@ -110,12 +110,10 @@ def chunked_logit_kd_loss(
     if not mask.any():
         zero = student_hidden.sum() * 0.0
         return zero, zero.detach(), zero.detach()
-    kd = chunked_kd_loss(student_hidden, s_head.weight, teacher_hidden.to(student_hidden.device), t_head.weight.to(student_hidden.device),
-                         mask, temperature=temperature, divergence=divergence, beta=beta, chunk_tokens=chunk_tokens)
-    ce = -chunked_token_logprobs(student_hidden, s_head.weight, targets, chunk_tokens=chunk_tokens)[mask]
-    count = kd.shape[0] if num_items is None else num_items
-    loss = (alpha * temperature**2 * kd.sum() + (1 - alpha) * ce.sum()) / count
-    return loss, kd.mean().detach(), ce.mean().detach()
+    out = chunked_distill_loss(student_hidden, s_head.weight, teacher_hidden.to(student_hidden.device), t_head.weight.to(student_hidden.device),
+                               targets, alpha=alpha, temperature=temperature, divergence=divergence, beta=beta, num_items=num_items,
+                               chunk_tokens=chunk_tokens)
+    return out["loss"], out["kd"], out["ce"]
 
 
 def uld_loss(student_logits: Any, teacher_logits: Any, temperature: float = 1.0) -> Any:
