@@ -41,17 +41,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=2, help="runs of each variant, alternating which goes first")
     parser.add_argument("--set", dest="settings", action="append", default=[], help="a recipe override for both variants")
+    parser.add_argument("--seeds", type=int, nargs="+", help="one pair per seed (recipe seed), instead of --pairs at the recipe's seed")
     args = parser.parse_args()
+    seeds = args.seeds or [None] * args.pairs
+    args.pairs = len(seeds)
     names = list(VARIANTS)
     rows: dict[str, list[dict]] = {name: [] for name in names}
     print("| variant | " + " | ".join(FIELDS) + " |")
     print("| --- |" + " ---: |" * len(FIELDS))
     with tempfile.TemporaryDirectory(prefix="quickstart-levers-") as scratch:
-        for pair in range(args.pairs):
+        for pair, seed in enumerate(seeds):
+            seeded = [] if seed is None else [f"seed={seed}"]
             for name in names if pair % 2 == 0 else reversed(names):
-                row = measure(name, [*VARIANTS[name], *args.settings], Path(scratch) / f"{pair}-{names.index(name)}")
+                row = measure(name, [*VARIANTS[name], *args.settings, *seeded], Path(scratch) / f"{pair}-{names.index(name)}")
+                row["seed"] = seed
                 rows[name].append(row)
-                print(f"| {name} | " + " | ".join(f"{row[f]:.4g}" if isinstance(row[f], float) else str(row[f]) for f in FIELDS) + " |",
+                print(f"| {name}{'' if seed is None else f' (seed {seed})'} | " + " | ".join(f"{row[f]:.4g}" if isinstance(row[f], float) else str(row[f]) for f in FIELDS) + " |",
                       flush=True)
     before, now = (rows[n] for n in names)
 
@@ -62,6 +67,11 @@ def main() -> None:
           f"{ratio('wall_s'):.2f}x, tokens/s {ratio('tokens_per_s'):.2f}x, memory above baseline {ratio('above_baseline_mb'):.2f}x, "
           f"eval loss {ratio('eval_loss'):.3f}x; task metric before {[r['task_metric'] for r in before]}, "
           f"now {[r['task_metric'] for r in now]}")
+    if args.seeds:
+        for label, runs in (("before", before), ("now", now)):
+            print(f"{label}: eval loss mean {statistics.mean(r['eval_loss'] for r in runs):.5f} "
+                  f"(range {min(r['eval_loss'] for r in runs):.5f}-{max(r['eval_loss'] for r in runs):.5f}), "
+                  f"task metric mean {statistics.mean(r['task_metric'] for r in runs):.4f}")
 
 
 if __name__ == "__main__":
