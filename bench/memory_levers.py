@@ -82,6 +82,7 @@ def figures(m: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--set", dest="settings", action="append", default=[], help="a recipe override for every run")
     parser.add_argument("--model", default=MODEL, help="another model, to try the script out (e.g. builtin:tiny-llama)")
     parser.add_argument("--methods", nargs="+", default=[*METHODS, "grpo"], choices=[*METHODS, "grpo"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -99,7 +100,7 @@ def main() -> None:
             extra = [f"train.max_steps={args.steps}"] if method == "grpo" else []
             base: dict | None = None
             for variant in args.variants:
-                row = figures(ptrain_run(f"{method} {variant}", path, [*VARIANTS[variant], *QUIET, *extra], folder / f"{method}-{len(variant)}"))
+                row = figures(ptrain_run(f"{method} {variant}", path, [*VARIANTS[variant], *QUIET, *extra, *args.settings], folder / f"{method}-{len(variant)}"))
                 base = base or (row if variant == "before" else None)
 
                 def versus(key: str, row: dict = row, base: dict | None = base) -> str:
