@@ -99,8 +99,8 @@ def main() -> None:
                 label, path = METHODS[method][0], recipe(method, data, args.steps, folder, args.model)
             extra = [f"train.max_steps={args.steps}"] if method == "grpo" else []
             base: dict | None = None
-            for variant in args.variants:
-                row = figures(ptrain_run(f"{method} {variant}", path, [*VARIANTS[variant], *QUIET, *extra, *args.settings], folder / f"{method}-{len(variant)}"))
+            for number, variant in enumerate(args.variants):
+                row = figures(ptrain_run(f"{method} {variant}", path, [*VARIANTS[variant], *QUIET, *extra, *args.settings], folder / f"{method}-{number}"))
                 base = base or (row if variant == "before" else None)
 
                 def versus(key: str, row: dict = row, base: dict | None = base) -> str:

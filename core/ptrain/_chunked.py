@@ -156,6 +156,11 @@ def _divergence(s_logits: Any, t_logits: Any, temperature: float, divergence: st
     return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
 
 
+def _check_divergence(divergence: str) -> None:
+    if divergence not in ("forward_kl", "reverse_kl", "jsd"):
+        raise ValueError(f"unknown divergence {divergence!r}; use forward_kl, reverse_kl or jsd")
+
+
 def _kd_piece(s_hidden: Any, s_weight: Any, t_hidden: Any, t_weight: Any, temperature: float, divergence: str, beta: float) -> Any:
     import torch
 
@@ -190,8 +195,7 @@ def chunked_kd_loss(
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    if divergence not in ("forward_kl", "reverse_kl", "jsd"):
-        raise ValueError(f"unknown divergence {divergence!r}; use forward_kl, reverse_kl or jsd")
+    _check_divergence(divergence)
     student_rows, teacher_rows = student_hidden[mask], teacher_hidden[mask].detach()
     parts = [
         checkpoint(
@@ -231,8 +235,7 @@ def chunked_distill_loss(
         "ce": mean CE}`` (the means detached, for logging).
     """
 
-    if divergence not in ("forward_kl", "reverse_kl", "jsd"):
-        raise ValueError(f"unknown divergence {divergence!r}; use forward_kl, reverse_kl or jsd")
+    _check_divergence(divergence)
     mask = labels != -100
     rows = int(mask.sum())
     if rows == 0:

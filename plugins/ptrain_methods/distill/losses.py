@@ -105,13 +105,8 @@ def chunked_logit_kd_loss(
     with torch.no_grad():
         teacher_hidden = t_body(input_ids=ids.to(t_head.weight.device), attention_mask=None if attention is None else
                                 attention.to(t_head.weight.device), use_cache=False).last_hidden_state[:, :-1]
-    targets = inputs["labels"][:, 1:]
-    mask = targets != -100
-    if not mask.any():
-        zero = student_hidden.sum() * 0.0
-        return zero, zero.detach(), zero.detach()
     out = chunked_distill_loss(student_hidden, s_head.weight, teacher_hidden.to(student_hidden.device), t_head.weight.to(student_hidden.device),
-                               targets, alpha=alpha, temperature=temperature, divergence=divergence, beta=beta, num_items=num_items,
+                               inputs["labels"][:, 1:], alpha=alpha, temperature=temperature, divergence=divergence, beta=beta, num_items=num_items,
                                chunk_tokens=chunk_tokens)
     return out["loss"], out["kd"], out["ce"]
 
