@@ -22,7 +22,14 @@ from typing import Any, Literal
 
 from ptrain import LoadedModel, Recipe, RecipeError, ReportRow, Run
 
-from .adapters import AdapterMethod, LowRankSection, check_probability, check_targets, low_rank_parameters
+from .adapters import (
+    AdapterMethod,
+    LowRankSection,
+    check_probability,
+    check_targets,
+    fp32_lora,
+    low_rank_parameters,
+)
 
 RESIDUAL_INITS = ("pissa", "olora")
 """Initialisations that rewrite the base weights as a residual."""
@@ -41,6 +48,10 @@ class LoraSection(LowRankSection):
     """Rank-stabilised scaling ``alpha / sqrt(r)`` (rsLoRA)."""
     use_dora: bool = False
     """Weight-decomposed LoRA (DoRA): slower, sometimes better at low rank."""
+    fp32_adapters: bool = True
+    """Under bf16 autocast (``train.precision`` bf16, or ``auto`` where it picks bf16) compute the adapters' update and
+    its sum with the base projection in fp32, the base projection's matmul still in bf16: fp32's quality at bf16's
+    speed, for more activation memory (bench/README.md); false: all of it in bf16, as autocast alone does."""
     init: Literal["default", "gaussian", "orthogonal", "pissa", "olora"] = "default"
     """How A and B start: ``default`` (B = 0, the adapter a no-op), ``gaussian``, ``orthogonal``,
     ``pissa`` (the top-r singular vectors of each weight; the base keeps the residual) or ``olora``
@@ -86,6 +97,7 @@ METHOD = AdapterMethod(
     lora_config,
     rows=[ReportRow("LoRA trainable share (%)", "lora.trainable_percent")],
     check=check_composition,
+    prepare=lambda peft_model, section, loaded: fp32_lora(peft_model) if section.fp32_adapters else None,
     rewrites_base=lambda section: section.init in RESIDUAL_INITS,
     trainable=low_rank_parameters,
     activation_share=0.6,

@@ -6,7 +6,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ptrain_methods.distill.losses import kd_divergence, logit_kd_loss, uld_loss  # noqa: E402
+from ptrain_methods.distill.losses import (  # noqa: E402
+    hybrid_uld_loss,
+    kd_divergence,
+    logit_kd_loss,
+    matched_vocabulary,
+    shared_starts,
+    token_starts,
+    uld_loss,
+)
 
 
 def softmax(row, t):
@@ -98,6 +106,63 @@ def test_uld_sorts_and_pads_vocabularies():
     assert got[0].item() == pytest.approx(0.0, abs=1e-6)
     # position 1: uniform over 3 vs uniform over 4 -> |1/3-1/4| * 3 + 1/4
     assert got[1].item() == pytest.approx(3 * (1 / 3 - 1 / 4) + 1 / 4, rel=1e-5)
+
+
+def test_hybrid_uld_tells_which_token_where_plain_uld_cannot():
+    # vocabularies of 4 (student) and 3 (teacher); student token 1 and teacher token 0 are the same text, as are 3 and 2
+    matched = (torch.tensor([1, 3]), torch.tensor([0, 2]))
+    teacher = torch.tensor([[4.0, 0.0, 1.0]])
+    right = torch.tensor([[-50.0, 4.0, 0.0, 1.0]])  # the teacher's distribution on the matching tokens
+    wrong = torch.tensor([[-50.0, 1.0, 0.0, 4.0]])  # the same probabilities on the wrong tokens
+    assert uld_loss(wrong, teacher, 1.0).item() == pytest.approx(0.0, abs=1e-6)  # sorted: ULD sees no difference
+    assert hybrid_uld_loss(right, teacher, matched).item() == pytest.approx(0.0, abs=1e-5)
+    assert hybrid_uld_loss(wrong, teacher, matched).item() > 0.5
+    # its gradient moves probability onto the token the teacher prefers
+    student = wrong.clone().requires_grad_(True)
+    for _ in range(50):
+        loss = hybrid_uld_loss(student, teacher, matched, divergence="reverse_kl").sum()
+        (grad,) = torch.autograd.grad(loss, student)
+        student = (student - 0.5 * grad).detach().requires_grad_(True)
+    probs = torch.softmax(student, -1)[0]
+    assert probs[1] > probs[3]
+
+
+def test_hybrid_uld_matched_part_is_a_divergence_over_matched_tokens_and_the_rest():
+    matched = (torch.tensor([0, 1]), torch.tensor([0, 1]))
+    s = torch.tensor([[0.0, 1.0, 2.0]])
+    t = torch.tensor([[1.0, 0.0, 0.5, 0.2]])
+    ps, pt = softmax(s[0].tolist(), 1.0), softmax(t[0].tolist(), 1.0)
+    direct = kl([pt[0], pt[1], pt[2] + pt[3]], [ps[0], ps[1], ps[2]])
+    sorted_rest = abs(ps[2] - max(pt[2], pt[3])) + min(pt[2], pt[3])
+    assert hybrid_uld_loss(s, t, matched).item() == pytest.approx(direct + sorted_rest, rel=1e-5)
+
+
+def test_matched_tokens_and_shared_character_starts_on_the_bundled_tokenizers():
+    from transformers import AutoTokenizer
+
+    from ptrain import _models  # the bundled tokenizers of builtin:tiny-gpt2 and builtin:tiny-llama
+
+    gpt2 = AutoTokenizer.from_pretrained(_models.ASSETS / "tiny-gpt2")
+    llama = AutoTokenizer.from_pretrained(_models.ASSETS / "tiny-llama")
+    student_ids, teacher_ids = matched_vocabulary(gpt2, llama)
+    pairs = set(zip(student_ids.tolist(), teacher_ids.tolist(), strict=True))
+    assert (gpt2.convert_tokens_to_ids("Ġthe"), llama.convert_tokens_to_ids("▁the")) in pairs  # " the" both ways
+    assert (gpt2.eos_token_id, llama.eos_token_id) in pairs
+    assert llama.bos_token_id not in teacher_ids.tolist()
+    assert 300 < len(pairs) < min(len(gpt2), len(llama))
+    prompt, completion = "Reverse the word: harbor\nAnswer:", " robrah now"
+    starts = []
+    for tok in (gpt2, llama):
+        ids = tok(prompt + completion, add_special_tokens=False)["input_ids"]
+        head = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert ids[: len(head)] == head
+        starts.append(token_starts(tok, head, ids[len(head) :]))
+        assert starts[-1][0] == 0 and starts[-1] == sorted(starts[-1]) and starts[-1][-1] < len(completion)
+    places = shared_starts(*starts)
+    assert places[0] == (0, 0)  # both start the completion at its first character
+    assert {starts[0][s] for s, _ in places} >= {0, 7}  # and a word at the space before it: " now"
+    for s, t in places:
+        assert starts[0][s] == starts[1][t]
 
 
 def test_step_token_count_turns_the_mean_into_a_share_of_the_step():

@@ -195,3 +195,72 @@ def test_a_4bit_model_lets_go_of_the_checkpoint_file_it_was_quantized_from(tmp_p
     assert quantized.get_input_embeddings().weight is quantized.get_output_embeddings().weight  # still tied
     with torch.no_grad():
         assert torch.equal(quantized(ids).logits, before)
+
+
+def _one_projection(use_dora=False):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    net = Net()
+    with torch.no_grad():
+        net.proj.weight.mul_(40.0)  # base outputs of a few tens: bf16's step there is 0.125 or more
+    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=4, target_modules=["proj"], use_dora=use_dora))
+    with torch.no_grad():
+        model.base_model.model.proj.lora_B["default"].weight.normal_(std=1e-3)  # an update of ~1e-3, as early in training
+    return model
+
+
+def test_fp32_adapters_keep_the_update_that_bf16_autocast_rounds_away():
+    import torch
+
+    from ptrain_methods.adapters import fp32_lora
+
+    x = torch.randn(8, 64)
+    model = _one_projection()
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        exact = layer(x) - layer.base_layer(x)  # the update in fp32, no autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            base = layer.base_layer(x).float()
+            rounded = layer(x)
+        assert rounded.dtype == torch.bfloat16
+        lost = ((rounded.float() - base) - exact).abs().max()
+        assert lost > 0.5 * exact.abs().max()  # in bf16 the update is mostly rounding
+        plain = layer(x)
+    assert fp32_lora(model) == 1
+    with torch.no_grad():
+        assert torch.equal(layer(x), plain)  # no autocast: exactly as before
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kept = layer(x)
+    assert kept.dtype == torch.float32
+    assert torch.allclose(kept - base, exact, atol=2e-5, rtol=1e-3)
+    # still trains: gradients reach both adapter matrices under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x).sum().backward()
+    assert layer.lora_A["default"].weight.grad.abs().sum() > 0 and layer.lora_B["default"].weight.grad.abs().sum() > 0
+    assert fp32_lora(model) == 1 and len(layer.base_layer._forward_hooks) == 1  # idempotent
+
+
+def test_fp32_adapters_with_dora_and_the_recipe_switch():
+    import torch
+
+    from ptrain_methods.adapters import fp32_lora
+
+    model = _one_projection(use_dora=True)
+    fp32_lora(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(4, 64))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    recipe = load_recipe_dict({"methods": ["sft", "lora"], "model": {"name": "builtin:tiny-llama"}, "data": {"source": "builtin:tasks"},
+                               "lora": {"fp32_adapters": False}})
+    assert recipe.section("lora").fp32_adapters is False

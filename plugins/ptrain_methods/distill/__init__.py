@@ -6,8 +6,11 @@ Which loss is possible depends on the pair of tokenizers, so the mode is chosen 
   with D forward KL, reverse KL or generalized JSD;
 * ``sequence`` (any pair; the default when vocabularies differ): the teacher answers the training
   prompts, the student learns the teacher's text with plain cross-entropy;
-* ``uld`` (any pair): Universal Logit Distillation, an L1 distance between the two models'
-  *sorted* next-token distributions on aligned completion positions, plus CE.
+* ``uld`` (any pair): Universal Logit Distillation, plus CE. Wherever a student token and a teacher token
+  start at the same character of the completion, both models predict the next token of the same text: the
+  tokens that are the same text in both vocabularies are compared directly (the divergence), the others by
+  an L1 distance between their *sorted* probabilities (GOLD's hybrid; ``uld_matched = false``: sorted
+  distributions alone, at positions aligned by index, as in the ULD paper).
 
 ``on_policy = true`` (GKD, Agarwal et al. 2024) changes what those losses are computed on: for a
 share ``lmbda`` of the batches the student samples its own completions of the batch's prompts and
@@ -69,6 +72,10 @@ class DistillSection:
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     beta: float = 0.5
     """Mixture weight of the teacher in generalized JSD (``divergence = "jsd"``)."""
+    uld_matched: bool = True
+    """ULD (mode ``uld``): compare the tokens that are the same text in both vocabularies directly, at the characters
+    where both tokenizations start a token, and only the others as sorted distributions (GOLD's hybrid); false: the
+    original ULD, sorted distributions at positions aligned by index (it cannot tell which token is which)."""
     labeled: int = -1
     """Training rows that keep their labels (the first N); the others become teacher-answered prompts. -1: all."""
     teacher_answers: Literal["unlabeled", "all"] = "unlabeled"

@@ -137,3 +137,100 @@ def completion_ids(tokenizer: Any, prompt: str, completion: str) -> tuple[list[i
     full = tokenizer(prompt + completion)["input_ids"] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full, strict=False)) if a != b), min(len(prompt_ids), len(full)))
     return full, max(start, 1)
+
+
+def token_texts(tokenizer: Any) -> dict[str, int]:
+    """Each token's text as it reads inside a text (after a plain letter), mapped to its id; special tokens,
+    partial UTF-8 bytes and tokens that read as nothing are left out, and of two tokens with one text the first wins.
+
+    Read in context, a word-initial marker (``Ġ`` in byte-level BPE, ``▁`` in SentencePiece) is the space it
+    stands for, so ``Ġrob`` and ``▁rob`` are the same text.
+    """
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"]
+    lead = tokenizer.decode(anchor)
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts: dict[str, int] = {}
+    for token, text in zip(ids, tokenizer.batch_decode([anchor + [i] for i in ids]), strict=True):
+        if text.startswith(lead) and len(text) > len(lead) and "\ufffd" not in text:
+            texts.setdefault(text[len(lead) :], token)
+    return texts
+
+
+def matched_vocabulary(student_tokenizer: Any, teacher_tokenizer: Any) -> tuple[Any, Any]:
+    """GOLD's matched tokens: ``(student ids, teacher ids)`` of the tokens that are the same text in both
+    vocabularies (see :func:`token_texts`), the two EOS tokens paired with each other. Long tensors, one pair a column."""
+    import torch
+
+    student, teacher = token_texts(student_tokenizer), token_texts(teacher_tokenizer)
+    pairs = [(student[text], teacher[text]) for text in student.keys() & teacher.keys()]
+    if student_tokenizer.eos_token_id is not None and teacher_tokenizer.eos_token_id is not None:
+        pairs.append((student_tokenizer.eos_token_id, teacher_tokenizer.eos_token_id))
+    pairs.sort()
+    return torch.tensor([s for s, _ in pairs], dtype=torch.long), torch.tensor([t for _, t in pairs], dtype=torch.long)
+
+
+def token_starts(tokenizer: Any, prefix: list[int], ids: list[int], origin: int | None = None) -> list[int]:
+    """Where each of ``ids`` starts in the text, as characters after ``origin`` (default: the end of ``prefix``'s
+    text). Each prefix is decoded whole, so the offsets are those of the text the tokens make together; a special
+    token reads as nothing. A token that starts before ``origin`` gets a negative offset."""
+    texts = tokenizer.batch_decode([prefix + ids[:k] for k in range(len(ids) + 1)], skip_special_tokens=True)
+    origin = len(texts[0]) if origin is None else origin
+    starts, reached = [], -origin
+    for text in texts[:-1]:
+        reached = max(reached, len(text) - origin)  # a partial UTF-8 byte can read shorter than what follows it
+        starts.append(reached)
+    return starts
+
+
+def shared_starts(student_starts: list[int], teacher_starts: list[int]) -> list[tuple[int, int]]:
+    """``(student index, teacher index)`` of the tokens that start at the same character in both tokenizations (the
+    first of each side's tokens starting there): at those places both models predict the next token of the same text."""
+    teacher_at: dict[int, int] = {}
+    for index, start in enumerate(teacher_starts):
+        teacher_at.setdefault(start, index)
+    pairs, seen = [], set()
+    for index, start in enumerate(student_starts):
+        if start in teacher_at and start not in seen:
+            seen.add(start)
+            pairs.append((index, teacher_at[start]))
+    return pairs
+
+
+def hybrid_uld_loss(
+    student_logits: Any,
+    teacher_logits: Any,
+    matched: tuple[Any, Any],
+    temperature: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+) -> Any:
+    """ULD with matched tokens (GOLD's hybrid), for ``[N, Vs]`` and ``[N, Vt]`` logits at N places where both models
+    predict the next token of the same text (:func:`shared_starts`). Returns ``[N]``: per place,
+
+    * the divergence (``forward_kl``, ``reverse_kl`` or ``jsd``) between the two distributions over the matched
+      tokens plus one outcome "any other token", so the teacher says *which* token where the vocabularies share it;
+    * plus ULD's L1 distance between the *sorted* probabilities of the tokens that are not matched, for the rest.
+    """
+    import torch
+
+    student_ids, teacher_ids = (ids.to(student_logits.device) for ids in matched)
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+
+    def with_rest(log_probs: Any, ids: Any) -> Any:
+        kept = log_probs[:, ids]
+        rest = torch.log1p(-kept.exp().sum(-1).clamp(max=1 - 1e-6)).unsqueeze(-1)
+        return torch.cat([kept, rest], dim=-1)
+
+    direct = kd_divergence(with_rest(s, student_ids), with_rest(t, teacher_ids), 1.0, divergence, beta)
+    s_rest = torch.ones(s.shape[-1], dtype=torch.bool, device=s.device)
+    s_rest[student_ids] = False
+    t_rest = torch.ones(t.shape[-1], dtype=torch.bool, device=s.device)
+    t_rest[teacher_ids] = False
+    sorted_s = s[:, s_rest].exp().sort(dim=-1, descending=True).values
+    sorted_t = t[:, t_rest].exp().sort(dim=-1, descending=True).values
+    width = max(sorted_s.shape[-1], sorted_t.shape[-1])
+    sorted_s = torch.nn.functional.pad(sorted_s, (0, width - sorted_s.shape[-1]))
+    sorted_t = torch.nn.functional.pad(sorted_t, (0, width - sorted_t.shape[-1]))
+    return direct + (sorted_s - sorted_t).abs().sum(-1)

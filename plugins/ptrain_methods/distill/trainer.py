@@ -9,7 +9,16 @@ from typing import Any
 
 from ptrain import Run, to_dataset, train_auxiliary, training_arguments
 
-from .losses import chunked_logit_kd_loss, completion_ids, logit_kd_loss, uld_loss
+from .losses import (
+    chunked_logit_kd_loss,
+    completion_ids,
+    hybrid_uld_loss,
+    logit_kd_loss,
+    matched_vocabulary,
+    shared_starts,
+    token_starts,
+    uld_loss,
+)
 
 SAMPLES = "on_policy_samples.jsonl"
 KEPT_PER_BATCH = 4  # on-policy samples written per batch: enough to read what the student learned from, bounded on long runs
@@ -178,7 +187,12 @@ def distill_trainer_class() -> type:
             return (loss, outputs) if return_outputs else loss
 
         def uld_batch(self, student_logits: Any, inputs: dict[str, Any], alpha: float) -> tuple[Any, Any, Any]:
-            """ULD + CE: the batch's texts re-tokenized for the teacher, completion positions aligned."""
+            """ULD + CE: the batch's texts re-tokenized for the teacher.
+
+            ``uld_matched`` (the default): at each character where a student token and a teacher token both start,
+            the two next-token distributions are compared by :func:`hybrid_uld_loss` (tokens that are the same text
+            directly, the rest sorted). Otherwise the original ULD: sorted distributions at aligned positions.
+            """
             labels, ids = inputs["labels"], inputs["input_ids"]
             attention = inputs.get("attention_mask")
             if attention is None:
@@ -187,19 +201,21 @@ def distill_trainer_class() -> type:
             targets = labels[:, 1:]
             mask = targets != -100
             ce = torch.nn.functional.cross_entropy(student_logits[:, :-1][mask].float(), targets[mask]) if mask.any() else None
-            sequences, student_rows = [], []
+            rows = []
             for row in range(ids.shape[0]):
                 completion = labels[row] != -100
                 prompt = (attention[row] == 1) & ~completion
-                prompt_text = student_tok.decode(ids[row][prompt], skip_special_tokens=True)
-                completion_text = student_tok.decode(ids[row][completion], skip_special_tokens=True)
-                sequences.append(completion_ids(teacher_tok, prompt_text, completion_text))
-                student_rows.append(student_logits[row, :-1][mask[row]])
-            width = max(len(full) for full, _ in sequences)
+                prompt_ids, completion_ids_ = ids[row][prompt].tolist(), ids[row][completion].tolist()
+                prompt_text = student_tok.decode(prompt_ids, skip_special_tokens=True)
+                # decoded with its prompt, as the text reads (a lone completion can lose its leading space)
+                completion_text = student_tok.decode(prompt_ids + completion_ids_, skip_special_tokens=True)[len(prompt_text) :]
+                full, start = completion_ids(teacher_tok, prompt_text, completion_text)
+                rows.append((prompt_ids, completion_ids_, prompt_text, full, start, student_logits[row, :-1][mask[row]]))
+            width = max(len(full) for _, _, _, full, _, _ in rows)
             pad = teacher_tok.pad_token_id or 0
-            teacher_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-            teacher_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-            for row, (full, _) in enumerate(sequences):
+            teacher_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            teacher_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for row, (_, _, _, full, _, _) in enumerate(rows):
                 teacher_ids[row, : len(full)] = torch.tensor(full)
                 teacher_mask[row, : len(full)] = 1
             device = next(self.teacher.parameters()).device
@@ -207,14 +223,34 @@ def distill_trainer_class() -> type:
                 teacher_logits = self.teacher(
                     input_ids=teacher_ids.to(device), attention_mask=teacher_mask.to(device), use_cache=False
                 ).logits
-            per_token = [
-                uld_loss(student_rows[row], teacher_logits[row, start - 1 : len(full) - 1].to(student_logits.device), self.section.temperature)
-                for row, (full, start) in enumerate(sequences)
-            ]
-            uld = torch.cat(per_token).mean() if per_token else student_logits.sum() * 0.0
+            section = self.section
+            per_token = []
+            for row, (prompt_ids, completion_ids_, prompt_text, full, start, student_row) in enumerate(rows):
+                teacher_row = teacher_logits[row, start - 1 : len(full) - 1].to(student_logits.device)
+                if not section.uld_matched:
+                    per_token.append(uld_loss(student_row, teacher_row, section.temperature))
+                    continue
+                if not teacher_tok.decode(full, skip_special_tokens=True).startswith(prompt_text):
+                    continue  # the teacher's tokenizer rewrites this text: no character lines up with certainty
+                places = shared_starts(
+                    token_starts(student_tok, prompt_ids, completion_ids_),
+                    token_starts(teacher_tok, full[:start], full[start:], origin=len(prompt_text)),
+                )
+                if places:
+                    s_index, t_index = (torch.tensor(side, device=student_row.device) for side in zip(*places, strict=True))
+                    per_token.append(hybrid_uld_loss(
+                        student_row[s_index], teacher_row[t_index], self.matched_tokens(), section.temperature, section.divergence, section.beta
+                    ))
+            uld = torch.cat(per_token).mean() if per_token and sum(len(p) for p in per_token) else student_logits.sum() * 0.0
             if ce is None:
                 return uld * alpha, uld.detach(), uld.detach() * 0
             return alpha * uld + (1 - alpha) * ce, uld.detach(), ce.detach()
+
+        def matched_tokens(self) -> tuple[Any, Any]:
+            """The pairs of tokens that are the same text in both vocabularies, found once."""
+            if getattr(self, "_matched", None) is None:
+                self._matched = matched_vocabulary(self.processing_class, self.teacher_tokenizer)
+            return self._matched
 
     return DistillationTrainer
 
