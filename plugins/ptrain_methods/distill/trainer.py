@@ -227,11 +227,10 @@ def distill_trainer_class() -> type:
             per_token = []
             for row, (prompt_ids, completion_ids_, prompt_text, full, start, student_row) in enumerate(rows):
                 teacher_row = teacher_logits[row, start - 1 : len(full) - 1].to(student_logits.device)
-                if not section.uld_matched:
+                if not section.uld_matched or not teacher_tok.decode(full, skip_special_tokens=True).startswith(prompt_text):
+                    # plain ULD, also where the teacher's tokenizer rewrites the text (no character lines up with certainty)
                     per_token.append(uld_loss(student_row, teacher_row, section.temperature))
                     continue
-                if not teacher_tok.decode(full, skip_special_tokens=True).startswith(prompt_text):
-                    continue  # the teacher's tokenizer rewrites this text: no character lines up with certainty
                 places = shared_starts(
                     token_starts(student_tok, prompt_ids, completion_ids_),
                     token_starts(teacher_tok, full[:start], full[start:], origin=len(prompt_text)),
