@@ -144,6 +144,19 @@ class TrainingPlan:
         return self.weight_bytes
 
     @property
+    def autocast(self) -> bool:
+        """Training runs under bf16 (or fp16) autocast: on a GPU with ``train.precision`` auto, bf16 or fp16; on a CPU
+        with bf16, or auto where the CPU computes bf16 faster (its flags and the cached matmul probe; nothing measured)."""
+        precision = self.recipe.train.precision
+        if self.device == "cuda":
+            return precision in ("auto", "bf16", "fp16")
+        if precision == "auto":
+            from ptrain._precision import cpu_bf16_expected
+
+            return cpu_bf16_expected(self.facts.total_parameters)
+        return precision == "bf16"
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes per parameter as loaded (``model.dtype``; ``auto`` is float32 on CPU, bfloat16 on a GPU)."""
         dtype = self.recipe.model.dtype

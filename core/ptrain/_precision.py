@@ -122,6 +122,26 @@ def cpu_bf16_choice(parameters: int | None = None) -> tuple[bool, str]:
     return True, f"the CPU has {', '.join(sorted(flags))} and {measured}"
 
 
+def cpu_bf16_expected(parameters: int | None = None) -> bool:
+    """Whether ``auto`` will pick bf16 on this CPU, told without measuring or importing torch (for ``ptrain plan``):
+    the CPU's flags, the model's size, and the cached probe of this CPU model where there is one (flags alone otherwise)."""
+    if not cpu_flags() & set(CPU_BF16_FLAGS):
+        return False
+    if parameters is not None and parameters < BF16_MIN_PARAMETERS:
+        return False
+    try:
+        known = json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    model = _cpuinfo("model name")
+    speedups = [
+        peak["bf16"] / max(peak["fp32"], 1e-9)
+        for key, peak in known.items()
+        if isinstance(peak, dict) and key.split("|", 1)[0] == model and {"bf16", "fp32"} <= peak.keys()
+    ]
+    return not speedups or max(speedups) >= BF16_MIN_SPEEDUP
+
+
 def choose_precision(
     precision: str, *, cuda: bool, bf16: bool, cpu_bf16: bool | None = None, parameters: int | None = None
 ) -> PrecisionChoice:

@@ -150,6 +150,35 @@ def _plan(recipe, plugins=None, **kwargs):
     return plan_training(validate(recipe, plugins=plugins), device=kwargs.pop("device", "cpu"), **kwargs)
 
 
+def test_fp32_adapters_cost_memory_only_under_autocast(monkeypatch):
+    from ptrain import _precision
+
+    lora = {"r": 4, "target_modules": "all-linear"}
+
+    def term(plan):
+        return next((t for t in plan.terms if t.name == "fp32 adapter outputs"), None)
+
+    bf16 = _plan(tiny_recipe(["sft", "lora"], lora=lora, train={"precision": "bf16"}))
+    assert bf16.autocast
+    found = term(bf16)
+    outputs = sum(o for _, o in bf16.facts.matching_projections("all-linear"))
+    assert found is not None and found.method == "lora"
+    assert found.mib == pytest.approx(bf16.tokens_per_step * bf16.facts.layers * outputs * 5.75 / 2**20, abs=0.1)
+    assert term(_plan(tiny_recipe(["sft", "lora"], lora={**lora, "fp32_adapters": False}, train={"precision": "bf16"}))) is None
+    assert term(_plan(tiny_recipe(["sft", "lora"], lora=lora, train={"precision": "fp32"}))) is None
+    assert term(_plan(tiny_recipe(["sft", "lora", "qlora"], lora=lora, train={"precision": "bf16"}))) is None  # 4-bit: fp32 already
+    checkpointed = term(_plan(tiny_recipe(["sft", "lora"], lora=lora, train={"precision": "bf16", "gradient_checkpointing": True})))
+    assert 0 < checkpointed.mib < found.mib
+    # auto: what the CPU would choose, told without measuring (a tiny model stays fp32; a CPU without bf16 too)
+    assert not _plan(tiny_recipe(["sft", "lora"], lora=lora)).autocast
+    monkeypatch.setattr(_precision, "cpu_flags", lambda: set())
+    assert not _precision.cpu_bf16_expected(10**9)
+    monkeypatch.setattr(_precision, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv("PTRAIN_CACHE_DIR", str(_precision._cache_file().parent / "nowhere-for-this-test"))
+    assert _precision.cpu_bf16_expected(10**9) and not _precision.cpu_bf16_expected(10**6)
+    assert _plan(tiny_recipe(["sft", "lora"], lora=lora, train={"precision": "auto"}), device="cuda").autocast
+
+
 def test_methods_add_their_terms():
     full = _plan(tiny_recipe(["sft"]))
     lora = _plan(tiny_recipe(["sft", "lora"], lora={"r": 4, "target_modules": "all-linear"}))
