@@ -107,13 +107,21 @@ def matmul_peak(*, refresh: bool = False) -> dict[str, float]:
     return peak
 
 
+def _cpu_bf16_ruled_out(parameters: int | None) -> str | None:
+    """Why ``auto`` stays fp32 on this CPU before any matmul is timed, or None."""
+    if not cpu_flags() & set(CPU_BF16_FLAGS):
+        return "this CPU has no bf16 instructions (avx512_bf16, amx_bf16)"
+    if parameters is not None and parameters < BF16_MIN_PARAMETERS:
+        return f"a model of {parameters / 1e6:.1f} M parameters is too small for bf16 to pay on a CPU"
+    return None
+
+
 def cpu_bf16_choice(parameters: int | None = None) -> tuple[bool, str]:
     """``(train in bf16 on this CPU, why)`` for ``auto``."""
+    ruled_out = _cpu_bf16_ruled_out(parameters)
+    if ruled_out:
+        return False, ruled_out
     flags = cpu_flags() & set(CPU_BF16_FLAGS)
-    if not flags:
-        return False, "this CPU has no bf16 instructions (avx512_bf16, amx_bf16)"
-    if parameters is not None and parameters < BF16_MIN_PARAMETERS:
-        return False, f"a model of {parameters / 1e6:.1f} M parameters is too small for bf16 to pay on a CPU"
     peak = matmul_peak()
     speedup = peak["bf16"] / max(peak["fp32"], 1e-9)
     measured = f"bf16 matmuls measured {speedup:.2f}x fp32's ({peak['bf16']:.0f} vs {peak['fp32']:.0f} GFLOP/s)"
@@ -125,9 +133,7 @@ def cpu_bf16_choice(parameters: int | None = None) -> tuple[bool, str]:
 def cpu_bf16_expected(parameters: int | None = None) -> bool:
     """Whether ``auto`` will pick bf16 on this CPU, told without measuring or importing torch (for ``ptrain plan``):
     the CPU's flags, the model's size, and the cached probe of this CPU model where there is one (flags alone otherwise)."""
-    if not cpu_flags() & set(CPU_BF16_FLAGS):
-        return False
-    if parameters is not None and parameters < BF16_MIN_PARAMETERS:
+    if _cpu_bf16_ruled_out(parameters):
         return False
     try:
         known = json.loads(_cache_file().read_text(encoding="utf-8"))

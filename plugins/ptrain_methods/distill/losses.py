@@ -123,8 +123,17 @@ def uld_loss(student_logits: Any, teacher_logits: Any, temperature: float = 1.0)
     import torch
 
     n = min(student_logits.shape[0], teacher_logits.shape[0])
-    s = torch.softmax(student_logits[:n].float() / temperature, dim=-1).sort(dim=-1, descending=True).values
-    t = torch.softmax(teacher_logits[:n].float() / temperature, dim=-1).sort(dim=-1, descending=True).values
+    return sorted_l1(
+        torch.softmax(student_logits[:n].float() / temperature, dim=-1), torch.softmax(teacher_logits[:n].float() / temperature, dim=-1)
+    )
+
+
+def sorted_l1(student_probs: Any, teacher_probs: Any) -> Any:
+    """ULD's distance per row: the L1 distance between the two rows' probabilities sorted, the shorter padded with zeros."""
+    import torch
+
+    s = student_probs.sort(dim=-1, descending=True).values
+    t = teacher_probs.sort(dim=-1, descending=True).values
     width = max(s.shape[-1], t.shape[-1])
     s = torch.nn.functional.pad(s, (0, width - s.shape[-1]))
     t = torch.nn.functional.pad(t, (0, width - t.shape[-1]))
@@ -228,9 +237,4 @@ def hybrid_uld_loss(
     s_rest[student_ids] = False
     t_rest = torch.ones(t.shape[-1], dtype=torch.bool, device=s.device)
     t_rest[teacher_ids] = False
-    sorted_s = s[:, s_rest].exp().sort(dim=-1, descending=True).values
-    sorted_t = t[:, t_rest].exp().sort(dim=-1, descending=True).values
-    width = max(sorted_s.shape[-1], sorted_t.shape[-1])
-    sorted_s = torch.nn.functional.pad(sorted_s, (0, width - sorted_s.shape[-1]))
-    sorted_t = torch.nn.functional.pad(sorted_t, (0, width - sorted_t.shape[-1]))
-    return direct + (sorted_s - sorted_t).abs().sum(-1)
+    return direct + sorted_l1(s[:, s_rest].exp(), t[:, t_rest].exp())

@@ -224,7 +224,7 @@ def distill_trainer_class() -> type:
                     input_ids=teacher_ids.to(device), attention_mask=teacher_mask.to(device), use_cache=False
                 ).logits
             section = self.section
-            per_token = []
+            per_token, student_places, teacher_places = [], [], []
             for row, (prompt_ids, completion_ids_, prompt_text, full, start, student_row) in enumerate(rows):
                 teacher_row = teacher_logits[row, start - 1 : len(full) - 1].to(student_logits.device)
                 if not section.uld_matched or not teacher_tok.decode(full, skip_special_tokens=True).startswith(prompt_text):
@@ -237,9 +237,12 @@ def distill_trainer_class() -> type:
                 )
                 if places:
                     s_index, t_index = (torch.tensor(side, device=student_row.device) for side in zip(*places, strict=True))
-                    per_token.append(hybrid_uld_loss(
-                        student_row[s_index], teacher_row[t_index], self.matched_tokens(), section.temperature, section.divergence, section.beta
-                    ))
+                    student_places.append(student_row[s_index])
+                    teacher_places.append(teacher_row[t_index])
+            if student_places:  # every row's places in one call: the matched and unmatched masks are built once a batch
+                per_token.append(hybrid_uld_loss(
+                    torch.cat(student_places), torch.cat(teacher_places), self.matched_tokens(), section.temperature, section.divergence, section.beta
+                ))
             uld = torch.cat(per_token).mean() if per_token and sum(len(p) for p in per_token) else student_logits.sum() * 0.0
             if ce is None:
                 return uld * alpha, uld.detach(), uld.detach() * 0
