@@ -230,8 +230,10 @@ FP32_OUTPUT_BYTES = 5.75
 width): measured on SmolLM2-135M, LoRA on every projection, batch 8 x 256, against the same run in bf16 (+1746 MiB;
 the quickstart's +0.9-1.1 GiB agrees). The outputs, and what the next ops keep of them, are fp32 instead of bf16."""
 FP32_OUTPUT_BYTES_CHECKPOINTED = 2.5
-"""The same with gradient checkpointing (+759 MiB measured there): less, not a layer's worth as the recomputation
-would suggest; the allocator keeps the larger transient tensors' pages."""
+"""The same with gradient checkpointing (+759 MiB measured there, +836 MiB in a rerun): none of it is live tensors.
+With glibc's mmap threshold fixed at 128 KiB, which returns every freed tensor to the system at once, the two runs
+peak at 1828 and 1834 MiB: what checkpointing adds here is the C allocator keeping freed pages of the recomputed
+layers' larger (fp32) transients, and the resident peak is what the plan predicts (bench/README.md, memory_levers)."""
 _FULL_PRECISION_LINEAR: type | None = None
 
 
