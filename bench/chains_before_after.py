@@ -43,9 +43,7 @@ def run_chains(chain: str, folder: Path, side_by_side: bool) -> None:
     jobs = []
     for variant, settings in (("before", BEFORE), ("now", [])):
         where = folder / f"{chain}-{variant}"
-        where.mkdir(parents=True, exist_ok=True)
-        (where / "recipes").unlink(missing_ok=True)
-        (where / "recipes").symlink_to(ROOT / "recipes")  # recipes name each other relative to themselves
+        where.mkdir(parents=True, exist_ok=True)  # the recipes' run paths (runs/phase1_sft) are read from here
         chosen = [r for r in recipes if variant == "now" or r.name not in TRAINS_NOTHING]
         env = dict(os.environ, OMP_NUM_THREADS="1") if side_by_side else None
         with (where / "log.txt").open("w") as log:

@@ -232,8 +232,8 @@ the quickstart's +0.9-1.1 GiB agrees). The outputs, and what the next ops keep o
 FP32_OUTPUT_BYTES_CHECKPOINTED = 2.5
 """The same with gradient checkpointing (+759 MiB measured there, +836 MiB in a rerun): none of it is live tensors.
 With glibc's mmap threshold fixed at 128 KiB, which returns every freed tensor to the system at once, the two runs
-peak at 1828 and 1834 MiB: what checkpointing adds here is the C allocator keeping freed pages of the recomputed
-layers' larger (fp32) transients, and the resident peak is what the plan predicts (bench/README.md, memory_levers)."""
+peak at 1828 and 1834 MiB: this term stands for freed pages of the recomputed layers' larger (fp32) transients that
+the C allocator keeps with its default settings (bench/README.md, memory_levers)."""
 _FULL_PRECISION_LINEAR: type | None = None
 
 
