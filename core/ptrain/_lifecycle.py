@@ -436,6 +436,7 @@ def _train(run: Run) -> None:
         all_ranks_total,
         count_tokens,
         interrupt_callback,
+        plain_forward,
         progress_callback,
         step_timer_callback,
         world_size,
@@ -484,6 +485,7 @@ def _train(run: Run) -> None:
             stopper.stopped_by = stopper.stopped_by or "lost process"
     finally:
         gc.unfreeze()
+        plain_forward(trainer)  # evaluated after training as before it, and as exported: without the trainer's autocast
         _end_scalars(run, trainer)
         if stopper is not None and lost is None:
             stopper.on_train_end(None, None, None)

@@ -300,9 +300,29 @@ def train_auxiliary(run: Run, trainer: Any, label: str) -> Any:
         result = trainer.train()
     finally:
         stopper.on_train_end(None, None, None)
+        plain_forward(trainer)
     if stopper.stopped_by:
         raise RunInterrupted(f"{stopper.stopped_by}: stopped while training the {label}; it is trained again from the start on --resume")
     return result
+
+
+def plain_forward(trainer: Any) -> None:
+    """Undo the mixed-precision wrapper the Trainer's accelerator put around the trained model's ``forward``.
+
+    Under bf16 or fp16 training, accelerate makes the model's own forward run under autocast and keeps it so
+    after training: the final evaluation would then measure the model in another precision than the base
+    evaluation did, and than the exported weights run in (``ptrain chat``, ``serve``, a user's
+    ``from_pretrained``). The forward it wrapped is restored exactly (accelerate's own ``unwrap_model`` walks
+    ``__wrapped__`` chains, which also strips transformers' decorators and ptrain's chunked head).
+    """
+    model = getattr(trainer, "model", None)
+    original = getattr(model, "__dict__", {}).pop("_original_forward", None)
+    if original is None:
+        return
+    if getattr(original, "__func__", None) is getattr(type(model), "forward", None):
+        model.__dict__.pop("forward", None)  # the class's own forward again
+    else:
+        model.forward = original  # an instance's forward (the chunked head's), as it was
 
 
 def progress_callback(console: Any, label: str = "training") -> Any:

@@ -149,6 +149,35 @@ def test_same_tokenizer_logit_kd_student_is_close_and_faster(run_recipe, trained
     assert report["student"]["eval_loss"] < run.metrics["base"]["eval_loss"] / 2, report
 
 
+@pytest.mark.slow
+def test_under_bf16_both_models_train_in_it_and_the_student_is_evaluated_as_exported(run_recipe, trained_tiny_llama, monkeypatch):
+    """The chunked KD loss reads the backbones' hidden states, outside the student forward the Trainer casts, and the
+    teacher is no model the Trainer prepared: the loss runs under the run's autocast itself. After training the
+    student's forward is its own again (fp32, as the base evaluation and the exported weights run)."""
+    import torch
+
+    import ptrain_methods.distill.trainer as distill_trainer
+
+    seen = []
+    chunked = distill_trainer.chunked_logit_kd_loss
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return chunked(*args, **kwargs)
+
+    monkeypatch.setattr(distill_trainer, "chunked_logit_kd_loss", recording)
+    run = run_recipe(
+        SAME, f"distill.teacher={trained_tiny_llama.dir}", "train.precision='bf16'", "train.max_steps=3",
+        "data.num_examples=64", "data.eval_size=4", "eval.max_samples=4", "eval.base=false",
+    )
+    assert run.metrics["train"]["precision"] == "bf16" and seen == [True] * 3, seen
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        logits = run.model(input_ids=ids).logits
+        fp32 = type(run.model).forward(run.model, input_ids=ids).logits
+    assert torch.equal(logits, fp32)  # under the trainer's autocast wrapper they would differ
+
+
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
 def test_teacher_loads_quantized_frozen_and_in_eval_mode(bits):
     from types import SimpleNamespace

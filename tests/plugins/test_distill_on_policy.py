@@ -69,6 +69,11 @@ def assert_learned_from_own_samples(run, samples, history, batches):
     assert {s["step"] for s in samples} == {e["step"] - 1 for e in history if e["on_policy"] == 1.0}
     assert all(s["prompt"] in labels and s["prompt"].endswith("### Response:\n") for s in samples), samples[0]
     assert all(s["completion_ids"] for s in samples)
+    # the report's cost of sampling: time spent, and at least the kept samples' tokens (the loss reads every row's)
+    report = run.metrics["distill"]
+    assert report["on_policy_sampling_s"] > 0
+    assert report["on_policy_sample_tokens"] >= sum(len(s["completion_ids"]) for s in samples)
+    assert 0 <= report["on_policy_samples_at_cap"] <= report["on_policy_batches"] * run.recipe.train.batch_size
     assert sum(s["completion"].strip() != labels[s["prompt"]].strip() for s in samples) > len(samples) / 2, samples[:4]
 
 

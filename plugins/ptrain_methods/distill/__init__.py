@@ -334,7 +334,12 @@ def evaluate(run: Run, stage: str) -> Any:
         "speedup": ratio(student["generation_tokens_per_s"], teacher["generation_tokens_per_s"]),
     }
     if section.on_policy and "trainer" in state:
-        report["on_policy_batches"] = state["trainer"].sampled
+        trainer = state["trainer"]
+        report["on_policy_batches"] = trainer.sampled
+        # what on-policy costs: the seconds spent sampling (of the whole training time) and the samples' length
+        report["on_policy_sampling_s"] = round(trainer.sampling_seconds, 1)
+        report["on_policy_sample_tokens"] = trainer.sampled_tokens
+        report["on_policy_samples_at_cap"] = trainer.capped
     record(run, "teacher", section.teacher, teacher)
     if "baseline" in state:
         report["baseline"] = state["baseline"]

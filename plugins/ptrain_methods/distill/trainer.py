@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def distill_trainer_class() -> type:
             self.samples_path, self.max_new_tokens, self.max_length = samples_path, max_new_tokens, max_length
             self.share = section.on_policy_share
             self.batches = self.sampled = 0  # micro-batches seen, and how many of them were the student's samples
+            self.sampling_seconds, self.sampled_tokens, self.capped = 0.0, 0, 0  # the samples' cost, length, rows cut at the cap
             self.on_policy_batch = False
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
@@ -94,6 +96,7 @@ def distill_trainer_class() -> type:
                 "max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.section.sample_temperature or 1.0,
                 "top_k": 0, "top_p": 1.0, "pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id,
             }
+            started = time.perf_counter()
             with unwrap_model_for_generation(
                 model, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
             ) as unwrapped, torch.no_grad():
@@ -103,15 +106,19 @@ def distill_trainer_class() -> type:
                     sequences = unwrapped.generate(input_ids=left, attention_mask=left_mask, **options)
                 finally:
                     unwrapped.train(training)
+            self.sampling_seconds += time.perf_counter() - started
             samples = []
             for row, prompt in enumerate(prompts):
                 sample = sequences[row, width:]
                 ends = (sample == tokenizer.eos_token_id).nonzero()
                 if len(ends):
                     sample = sample[: int(ends[0]) + 1]
+                else:
+                    self.capped += 1
                 if self.max_length:
                     sample = sample[: max(self.max_length - len(prompt), 1)]
                 samples.append(sample)
+                self.sampled_tokens += len(sample)
             rows = [torch.cat([p, s]) for p, s in zip(prompts, samples, strict=True)]
             length = max(len(r) for r in rows)
             new_ids = torch.full((len(rows), length), pad, dtype=ids.dtype, device=ids.device)
@@ -145,6 +152,13 @@ def distill_trainer_class() -> type:
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             if self.mode == "sequence":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # the run's mixed precision (bf16 autocast on a CPU that computes bf16, or a GPU) for both models: the
+            # Trainer casts only inside the student's own forward, which the chunked loss bypasses (it reads the
+            # backbone's hidden states), and never the teacher, which it did not prepare
+            with self.accelerator.autocast():
+                return self.distill_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def distill_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool, num_items_in_batch: Any) -> Any:
             labels = inputs["labels"]
             section = self.section
             # on the student's own samples the loss is the divergence alone (as in GKD): CE would teach its own sample
