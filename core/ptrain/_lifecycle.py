@@ -434,6 +434,7 @@ def _train(run: Run) -> None:
     from ptrain._training import (
         all_ranks_saved_callback,
         all_ranks_total,
+        cast_generation,
         count_tokens,
         interrupt_callback,
         plain_forward,
@@ -474,6 +475,7 @@ def _train(run: Run) -> None:
     before_training_mb = memory_in_use_mb()
     started = time.perf_counter()
     lost: BaseException | None = None
+    cast_generation(trainer)  # generation inside training (rollouts, on-policy samples) under one autocast, not one per token
     try:
         with measure_memory(baseline_mb=run._core.memory_baseline_mb) as memory:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

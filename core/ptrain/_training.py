@@ -296,6 +296,7 @@ def train_auxiliary(run: Run, trainer: Any, label: str) -> Any:
     trainer.add_callback(progress_callback(run.console if run.is_main_process else None, label))
     stopper = interrupt_callback()
     trainer.add_callback(stopper)
+    cast_generation(trainer)
     try:
         result = trainer.train()
     finally:
@@ -306,8 +307,36 @@ def train_auxiliary(run: Run, trainer: Any, label: str) -> Any:
     return result
 
 
+def cast_generation(trainer: Any) -> None:
+    """Run the trained model's ``generate`` under one autocast for the whole call, where the Trainer trains in mixed precision.
+
+    The Trainer's accelerator casts the model's forward, entering and leaving autocast at every decoding step, and each
+    exit drops autocast's cache of bf16 weights: generation inside training (GRPO's rollouts, on-policy distillation's
+    samples) cast every weight again for every token, slower than fp32 on a CPU (measured on the 7-layer SmolLM2
+    student, 8 x 80 tokens: 3.3-3.8 s per-step, 2.7 s fp32, 1.6-1.75 s under one autocast). An autocast around the
+    call keeps the cache for its length. :func:`plain_forward` undoes it after training.
+    """
+    import functools
+
+    accelerator, model = getattr(trainer, "accelerator", None), getattr(trainer, "model", None)
+    if accelerator is None or getattr(accelerator, "mixed_precision", "no") == "no" or not hasattr(model, "generate"):
+        return
+    if "_ptrain_generate" in model.__dict__:
+        return
+    original = model.generate
+
+    @functools.wraps(original)
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        with accelerator.autocast():
+            return original(*args, **kwargs)
+
+    model.__dict__["_ptrain_generate"] = original
+    model.generate = generate
+
+
 def plain_forward(trainer: Any) -> None:
-    """Undo the mixed-precision wrapper the Trainer's accelerator put around the trained model's ``forward``.
+    """Undo the mixed-precision wrapper the Trainer's accelerator put around the trained model's ``forward``
+    (and :func:`cast_generation`'s around its ``generate``).
 
     Under bf16 or fp16 training, accelerate makes the model's own forward run under autocast and keeps it so
     after training: the final evaluation would then measure the model in another precision than the base
@@ -316,6 +345,12 @@ def plain_forward(trainer: Any) -> None:
     ``__wrapped__`` chains, which also strips transformers' decorators and ptrain's chunked head).
     """
     model = getattr(trainer, "model", None)
+    plain = getattr(model, "__dict__", {}).pop("_ptrain_generate", None)
+    if plain is not None:  # cast_generation's wrapper: the generate it wrapped again
+        if getattr(plain, "__func__", None) is getattr(type(model), "generate", None):
+            model.__dict__.pop("generate", None)
+        else:
+            model.generate = plain
     original = getattr(model, "__dict__", {}).pop("_original_forward", None)
     if original is None:
         return

@@ -152,30 +152,45 @@ def test_same_tokenizer_logit_kd_student_is_close_and_faster(run_recipe, trained
 @pytest.mark.slow
 def test_under_bf16_both_models_train_in_it_and_the_student_is_evaluated_as_exported(run_recipe, trained_tiny_llama, monkeypatch):
     """The chunked KD loss reads the backbones' hidden states, outside the student forward the Trainer casts, and the
-    teacher is no model the Trainer prepared: the loss runs under the run's autocast itself. After training the
-    student's forward is its own again (fp32, as the base evaluation and the exported weights run)."""
+    teacher is no model the Trainer prepared: the loss runs under the run's autocast itself. The student's on-policy
+    samples are generated under one autocast for the whole call (between its forward passes too, so autocast's cast
+    weights are kept, not cast again for every token). After training the student's forward is its own again (fp32,
+    as the base evaluation and the exported weights run)."""
     import torch
+    from transformers import LlamaForCausalLM
 
     import ptrain_methods.distill.trainer as distill_trainer
 
-    seen = []
+    losses, decoding = [], []
     chunked = distill_trainer.chunked_logit_kd_loss
+    prepare = LlamaForCausalLM.prepare_inputs_for_generation
 
-    def recording(*args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu"))
+    def recording_loss(*args, **kwargs):
+        losses.append(torch.is_autocast_enabled("cpu"))
         return chunked(*args, **kwargs)
 
-    monkeypatch.setattr(distill_trainer, "chunked_logit_kd_loss", recording)
+    def recording_prepare(self, *args, **kwargs):  # called by generate at every step, outside the forward
+        decoding.append(torch.is_autocast_enabled("cpu"))
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(distill_trainer, "chunked_logit_kd_loss", recording_loss)
+    monkeypatch.setattr(LlamaForCausalLM, "prepare_inputs_for_generation", recording_prepare)
     run = run_recipe(
-        SAME, f"distill.teacher={trained_tiny_llama.dir}", "train.precision='bf16'", "train.max_steps=3",
+        SAME, f"distill.teacher={trained_tiny_llama.dir}", "train.precision='bf16'", "train.max_steps=4",
+        "distill.on_policy=true", "distill.lmbda=0.5", "distill.max_new_tokens=8",
         "data.num_examples=64", "data.eval_size=4", "eval.max_samples=4", "eval.base=false",
     )
-    assert run.metrics["train"]["precision"] == "bf16" and seen == [True] * 3, seen
+    assert run.metrics["train"]["precision"] == "bf16" and losses == [True] * 4, losses
+    assert run.metrics["distill"]["on_policy_batches"] == 2
+    # the two sampled batches' decoding steps under autocast, then the final evaluation's (student, teacher) in fp32
+    cast = decoding.index(False)
+    assert 2 <= cast <= 2 * 8 and not any(decoding[cast:]), decoding
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():
         logits = run.model(input_ids=ids).logits
         fp32 = type(run.model).forward(run.model, input_ids=ids).logits
     assert torch.equal(logits, fp32)  # under the trainer's autocast wrapper they would differ
+    assert "generate" not in vars(run.model) and "_original_forward" not in vars(run.model)
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])
