@@ -80,3 +80,11 @@ def test_bf16_on_cpu_trains_tiny_llama_with_a_falling_loss(run_recipe, monkeypat
     env = json.loads((run.dir / "env.json").read_text())
     assert env["precision"] == {"requested": "bf16", "chosen": "bf16", "reason": "set in the recipe (bf16 autocast on the CPU)"}
     assert "precision: bf16" in (run.dir / "run.log").read_text()
+    # after training the model's forward is its own again (the chunked head's patch kept, the trainer's autocast gone):
+    # the final evaluation ran it in fp32, as the base evaluation and the exported weights do
+    import torch
+
+    assert "_original_forward" not in vars(run.model) and "generate" not in vars(run.model)
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        assert torch.equal(run.model(input_ids=ids).logits, type(run.model).forward(run.model, input_ids=ids).logits)
