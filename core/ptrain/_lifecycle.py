@@ -437,7 +437,6 @@ def _train(run: Run) -> None:
         cast_generation,
         count_tokens,
         interrupt_callback,
-        plain_forward,
         progress_callback,
         step_timer_callback,
         world_size,
@@ -475,9 +474,9 @@ def _train(run: Run) -> None:
     before_training_mb = memory_in_use_mb()
     started = time.perf_counter()
     lost: BaseException | None = None
-    cast_generation(trainer)  # generation inside training (rollouts, on-policy samples) under one autocast, not one per token
     try:
-        with measure_memory(baseline_mb=run._core.memory_baseline_mb) as memory:
+        # generation inside training under one autocast, not one per token; afterwards evaluated as before training and as exported
+        with measure_memory(baseline_mb=run._core.memory_baseline_mb) as memory, cast_generation(trainer):
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except Exception as err:
         if world_size() <= 1 or not lost_peer(err):
@@ -487,7 +486,6 @@ def _train(run: Run) -> None:
             stopper.stopped_by = stopper.stopped_by or "lost process"
     finally:
         gc.unfreeze()
-        plain_forward(trainer)  # evaluated after training as before it, and as exported: without the trainer's autocast
         _end_scalars(run, trainer)
         if stopper is not None and lost is None:
             stopper.on_train_end(None, None, None)

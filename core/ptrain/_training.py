@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
 import statistics
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -296,68 +299,60 @@ def train_auxiliary(run: Run, trainer: Any, label: str) -> Any:
     trainer.add_callback(progress_callback(run.console if run.is_main_process else None, label))
     stopper = interrupt_callback()
     trainer.add_callback(stopper)
-    cast_generation(trainer)
     try:
-        result = trainer.train()
+        with cast_generation(trainer):
+            result = trainer.train()
     finally:
         stopper.on_train_end(None, None, None)
-        plain_forward(trainer)
     if stopper.stopped_by:
         raise RunInterrupted(f"{stopper.stopped_by}: stopped while training the {label}; it is trained again from the start on --resume")
     return result
 
 
-def cast_generation(trainer: Any) -> None:
-    """Run the trained model's ``generate`` under one autocast for the whole call, where the Trainer trains in mixed precision.
+@contextlib.contextmanager
+def cast_generation(trainer: Any) -> Iterator[None]:
+    """Around ``trainer.train()``: the trained model's ``generate`` under one autocast for the whole call while a
+    mixed-precision Trainer trains, and after training the model's own ``forward`` and ``generate`` again.
 
     The Trainer's accelerator casts the model's forward, entering and leaving autocast at every decoding step, and each
     exit drops autocast's cache of bf16 weights: generation inside training (GRPO's rollouts, on-policy distillation's
     samples) cast every weight again for every token, slower than fp32 on a CPU (``bench/generation_autocast.py``:
     the 7-layer SmolLM2 student, 8 x 80 tokens, 3.21 s cast per step, 2.77 s fp32, 1.48 s under one autocast). An
-    autocast around the call keeps the cache for its length. :func:`plain_forward` undoes it after training.
-    """
-    import functools
+    autocast around the call keeps the cache for its length.
 
+    Accelerate keeps its autocast wrapper on the forward after training: the final evaluation would then measure the
+    model in another precision than the base evaluation did, and than the exported weights run in (``ptrain chat``,
+    ``serve``, a user's ``from_pretrained``). Both are put back exactly as they were (accelerate's own
+    ``unwrap_model`` walks ``__wrapped__`` chains, which also strips transformers' decorators and ptrain's chunked head).
+    """
     accelerator, model = getattr(trainer, "accelerator", None), getattr(trainer, "model", None)
-    if accelerator is None or getattr(accelerator, "mixed_precision", "no") == "no" or not hasattr(model, "generate"):
-        return
-    if "_ptrain_generate" in model.__dict__:
-        return
-    original = model.generate
+    if accelerator is not None and getattr(accelerator, "mixed_precision", "no") != "no" and hasattr(model, "generate"):
+        plain = model.generate
 
-    @functools.wraps(original)
-    def generate(*args: Any, **kwargs: Any) -> Any:
-        with accelerator.autocast():
-            return original(*args, **kwargs)
+        @functools.wraps(plain)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            with accelerator.autocast():
+                return plain(*args, **kwargs)
 
-    model.__dict__["_ptrain_generate"] = original
-    model.generate = generate
-
-
-def plain_forward(trainer: Any) -> None:
-    """Undo the mixed-precision wrapper the Trainer's accelerator put around the trained model's ``forward``
-    (and :func:`cast_generation`'s around its ``generate``).
-
-    Under bf16 or fp16 training, accelerate makes the model's own forward run under autocast and keeps it so
-    after training: the final evaluation would then measure the model in another precision than the base
-    evaluation did, and than the exported weights run in (``ptrain chat``, ``serve``, a user's
-    ``from_pretrained``). The forward it wrapped is restored exactly (accelerate's own ``unwrap_model`` walks
-    ``__wrapped__`` chains, which also strips transformers' decorators and ptrain's chunked head).
-    """
-    model = getattr(trainer, "model", None)
-    plain = getattr(model, "__dict__", {}).pop("_ptrain_generate", None)
-    if plain is not None:  # cast_generation's wrapper: the generate it wrapped again
-        if getattr(plain, "__func__", None) is getattr(type(model), "generate", None):
-            model.__dict__.pop("generate", None)
-        else:
-            model.generate = plain
-    original = getattr(model, "__dict__", {}).pop("_original_forward", None)
-    if original is None:
-        return
-    if getattr(original, "__func__", None) is getattr(type(model), "forward", None):
-        model.__dict__.pop("forward", None)  # the class's own forward again
+        model.generate = generate
     else:
-        model.forward = original  # an instance's forward (the chunked head's), as it was
+        plain = None
+    try:
+        yield
+    finally:
+        if plain is not None:
+            _restore(model, "generate", plain)
+        wrapped = getattr(model, "__dict__", {}).pop("_original_forward", None)  # where accelerate keeps the forward it wrapped
+        if wrapped is not None:
+            _restore(model, "forward", wrapped)
+
+
+def _restore(model: Any, name: str, method: Any) -> None:
+    """Put ``method`` back as ``model.<name>``: the class's own (the instance attribute dropped) or an instance's."""
+    if getattr(method, "__func__", None) is getattr(type(model), name, None):
+        model.__dict__.pop(name, None)
+    else:
+        setattr(model, name, method)  # an instance's own (the chunked head's forward), as it was
 
 
 def progress_callback(console: Any, label: str = "training") -> Any:
